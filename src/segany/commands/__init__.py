@@ -1,0 +1,1 @@
+"""One module per ``segany`` subcommand; see :mod:`segany.cli`."""

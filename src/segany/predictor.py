@@ -1,0 +1,218 @@
+"""Promptable segmentation on one image: embed once, then answer prompts in milliseconds.
+
+Drop-in compatible with the official ``segment_anything.SamPredictor``; also answers many prompts
+in one call (:meth:`SamPredictor.predict_batch`) and embeds batches of images
+(:meth:`SamPredictor.embed_images`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .modeling import Sam
+from .transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An image's encoder output with the sizes needed to map masks back to it."""
+
+    features: torch.Tensor  # (1, 256, 64, 64)
+    original_size: tuple[int, int]  # (H, W) of the original image
+    input_size: tuple[int, int]  # (h, w) after resizing to the long side
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    # -- images -----------------------------------------------------------------------------
+
+    def _prepare_image(self, image: np.ndarray, image_format: str) -> torch.Tensor:
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        return torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute and cache the embedding of an (H, W, 3) uint8 image."""
+        input_image = self._prepare_image(image, image_format)
+        self.set_torch_image(input_image, image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed a (1, 3, h, w) image already resized so that max(h, w) = img_size."""
+        size = self.model.image_encoder.img_size
+        if (
+            transformed_image.ndim != 4
+            or transformed_image.shape[1] != 3
+            or max(*transformed_image.shape[2:]) != size
+        ):
+            raise ValueError(f"set_torch_image expects a (1, 3, h, w) tensor with long side {size}")
+        self.reset_image()
+        self.original_size = tuple(int(s) for s in original_image_size)
+        self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
+        input_image = self.model.preprocess(transformed_image)
+        self.features = self.model.image_encoder(input_image)
+        self.is_image_set = True
+
+    @torch.no_grad()
+    def embed_images(
+        self, images: Sequence[np.ndarray], image_format: str = "RGB", batch_size: int = 4
+    ) -> list[ImageEmbedding]:
+        """Embeddings for many images, encoded ``batch_size`` at a time. Use with :meth:`set_embedding`."""
+        out: list[ImageEmbedding] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            prepared = [self._prepare_image(im, image_format) for im in chunk]
+            batch = torch.cat([self.model.preprocess(p) for p in prepared], dim=0)
+            features = self.model.image_encoder(batch)
+            for im, p, f in zip(chunk, prepared, features):
+                out.append(ImageEmbedding(f[None], tuple(im.shape[:2]), tuple(p.shape[-2:])))
+        return out
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use a precomputed embedding instead of running the encoder."""
+        self.reset_image()
+        self.features = embedding.features.to(self.device)
+        self.original_size = embedding.original_size
+        self.input_size = embedding.input_size
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The cached (1, 256, 64, 64) embedding of the current image."""
+        self._require_image()
+        return self.features
+
+    def get_embedding(self) -> ImageEmbedding:
+        self._require_image()
+        return ImageEmbedding(self.features, self.original_size, self.input_size)
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size = None
+        self.input_size = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    # -- prompts ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one prompt, in original-image pixel coordinates.
+
+        point_coords (N, 2) as (x, y); point_labels (N,) with 1 foreground, 0 background;
+        box (4,) XYXY; mask_input (1, 256, 256) low-res logits of an earlier prediction.
+        Returns masks (C, H, W), IoU predictions (C,), low-res logits (C, 256, 256), C = 3 or 1.
+        """
+        self._require_image()
+        coords = labels = box_t = mask_t = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied with point_coords")
+            point_coords = np.asarray(point_coords)
+            point_labels = np.asarray(point_labels)
+            if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_labels) != len(point_coords):
+                raise ValueError("point_coords must be (N, 2) and point_labels (N,)")
+            coords = torch.as_tensor(
+                self.transform.apply_coords(point_coords, self.original_size), dtype=torch.float, device=self.device
+            )[None]
+            labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box_t = torch.as_tensor(
+                self.transform.apply_boxes(np.asarray(box), self.original_size), dtype=torch.float, device=self.device
+            )[None, :]
+            box_t = box_t.reshape(1, 4)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)[None]
+        masks, iou, low_res = self.predict_torch(coords, labels, box_t, mask_t, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prompts already in the resized frame: coords (B, N, 2), labels (B, N), boxes (B, 4),
+        mask_input (B, 1, 256, 256). Returns masks (B, C, H, W), IoU (B, C), logits (B, C, 256, 256)."""
+        self._require_image()
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res_masks, iou_predictions = self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou_predictions, low_res_masks
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many prompts in one call, in original-image coordinates.
+
+        point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256); any
+        subset, with one B. Returns masks (B, C, H, W), IoU (B, C), logits (B, C, 256, 256).
+        """
+        self._require_image()
+        coords = labels = box_t = mask_t = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied with point_coords")
+            point_coords = np.asarray(point_coords, dtype=float)
+            if point_coords.ndim != 3 or point_coords.shape[2] != 2:
+                raise ValueError("point_coords must be (B, N, 2)")
+            coords = torch.as_tensor(
+                self.transform.apply_coords(point_coords, self.original_size), dtype=torch.float, device=self.device
+            )
+            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=self.device)
+        if boxes is not None:
+            box_t = torch.as_tensor(
+                self.transform.apply_boxes(np.asarray(boxes), self.original_size), dtype=torch.float, device=self.device
+            )
+        if mask_input is not None:
+            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
+        masks, iou, low_res = self.predict_torch(coords, labels, box_t, mask_t, multimask_output, return_logits)
+        return masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()

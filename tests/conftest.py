@@ -1,0 +1,61 @@
+"""Shared fixtures. Data from ../shared is never copied into the repo; tests that need it skip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "fixtures" / "reference_sam"
+DATA = SHARED / "data"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared fixtures/data sit beside the repo as ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _need(REFERENCE)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _need(DATA)
+
+
+@pytest.fixture(scope="session")
+def manifest(reference_dir: Path) -> dict:
+    return json.loads((reference_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def reference_arrays(reference_dir: Path):
+    return np.load(reference_dir / "predictor_arrays.npz")
+
+
+@pytest.fixture(scope="session")
+def ref_model(reference_dir: Path):
+    from segany import load_model
+
+    return load_model(reference_dir / "ref_small.pth")
+
+
+@pytest.fixture(scope="session")
+def ref_checkpoint(reference_dir: Path) -> Path:
+    return reference_dir / "ref_small.pth"
+
+
+@pytest.fixture(scope="session")
+def coco_photo(data_dir: Path) -> Path:
+    """A real photo never used to make the fixtures."""
+    return _need(data_dir / "coco_tiny" / "val2017" / "000000010764.jpg")
