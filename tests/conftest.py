@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "fixtures" / "reference_sam"
 DATA = SHARED / "data"
+
+# Import the package from this checkout (also in git worktrees beside an editable install).
+sys.path.insert(0, str(REPO / "src"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
