@@ -46,12 +46,15 @@ DEFAULT_OPSET = 17
 class SamOnnxDecoder(nn.Module):
     """Prompt encoder + mask decoder + mask upsampling, written without data-dependent control flow."""
 
-    def __init__(self, model: Sam, return_single_mask: bool = False) -> None:
+    def __init__(self, model: Sam, return_single_mask: bool = False, upsample: bool = True) -> None:
         super().__init__()
         self.model = model
         self.mask_decoder = model.mask_decoder
         self.img_size = model.image_encoder.img_size
         self.return_single_mask = return_single_mask
+        # Without upsampling (the browser tool's variant) the outputs are only iou_predictions and
+        # low_res_masks; the page upsamples the one mask it shows instead of all four.
+        self.upsample = upsample
 
     @staticmethod
     def resize_longest_image_size(input_image_size: torch.Tensor, longest_side: int) -> torch.Tensor:
@@ -114,6 +117,8 @@ class SamOnnxDecoder(nn.Module):
         )
         if self.return_single_mask:
             low_res_masks, scores = self.select_masks(low_res_masks, scores, point_coords.shape[1])
+        if not self.upsample:
+            return scores, low_res_masks
         masks = self.mask_postprocessing(low_res_masks, orig_im_size)
         return masks, scores, low_res_masks
 
@@ -180,15 +185,22 @@ def _export_bytes(module: nn.Module, args: tuple, input_names, output_names, dyn
     return buf.getvalue()
 
 
-def export_decoder_bytes(model: Sam, opset: int = DEFAULT_OPSET, return_single_mask: bool = False) -> bytes:
-    """The decoder as an ONNX model (bytes), official signature, dynamic number of points."""
+def export_decoder_bytes(
+    model: Sam, opset: int = DEFAULT_OPSET, return_single_mask: bool = False, upsample: bool = True
+) -> bytes:
+    """The decoder as an ONNX model (bytes), official signature, dynamic number of points.
+
+    ``upsample=False`` drops the ``masks`` output (and the two resizes behind it): the outputs are
+    then ``iou_predictions`` and ``low_res_masks`` only.
+    """
     if opset < 17:
         raise ValueError(f"opset must be 17 or later, got {opset}")
     model = _cpu_eval(model)
-    module = SamOnnxDecoder(model, return_single_mask=return_single_mask).eval()
+    module = SamOnnxDecoder(model, return_single_mask=return_single_mask, upsample=upsample).eval()
     inputs = decoder_dummy_inputs(model)
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    return _export_bytes(module, tuple(inputs.values()), DECODER_INPUTS, DECODER_OUTPUTS, dynamic_axes, opset)
+    outputs = DECODER_OUTPUTS if upsample else DECODER_OUTPUTS[1:]
+    return _export_bytes(module, tuple(inputs.values()), DECODER_INPUTS, outputs, dynamic_axes, opset)
 
 
 def export_encoder_bytes(model: Sam, opset: int = DEFAULT_OPSET) -> bytes:

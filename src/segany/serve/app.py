@@ -211,7 +211,7 @@ class SegmentService:
         self._ids = itertools.count(1)
         self._encoder_lock = threading.Lock()
         self._decoder_lock = threading.Lock()
-        self._decoder_bytes: bytes | None = None
+        self._decoder_bytes: dict[tuple[bool, bool], bytes] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segany-job")
         self._tmp = None
         if config.data_dir:
@@ -382,16 +382,20 @@ class SegmentService:
 
     # the ONNX decoder for the browser
 
-    def decoder_bytes(self) -> bytes:
+    def decoder_bytes(self, upsample: bool = True, quantize: bool = False) -> bytes:
+        key = (upsample, quantize)
         with self._decoder_lock:
-            if self._decoder_bytes is None:
-                if self.config.decoder_path:
-                    self._decoder_bytes = Path(self.config.decoder_path).read_bytes()
+            if key not in self._decoder_bytes:
+                if self.config.decoder_path and upsample and not quantize:
+                    data = Path(self.config.decoder_path).read_bytes()
                 else:
-                    from ..export.onnx import export_decoder_bytes
+                    from ..export.onnx import export_decoder_bytes, quantize_onnx
 
-                    self._decoder_bytes = export_decoder_bytes(self.model)
-            return self._decoder_bytes
+                    data = export_decoder_bytes(self.model, upsample=upsample)
+                    if quantize:
+                        data = quantize_onnx(data)
+                self._decoder_bytes[key] = data
+            return self._decoder_bytes[key]
 
     # automatic masks
 
@@ -678,10 +682,12 @@ def create_app(model: Sam, config: ServeConfig | None = None) -> FastAPI:
         "/api/decoder.onnx",
         tags=["segment"],
         summary="The prompt encoder + mask decoder as ONNX (official SamOnnxModel signature, 4 masks)",
+        description="upsample=false drops the full-size `masks` output (the browser tool upsamples the one "
+        "mask it shows); quantize=true gives the dynamically quantized (uint8 weights) model.",
         responses={200: {"content": {"application/octet-stream": {}}}},
     )
-    def decoder() -> Response:
-        return Response(service.decoder_bytes(), media_type="application/octet-stream")
+    def decoder(upsample: bool = True, quantize: bool = False) -> Response:
+        return Response(service.decoder_bytes(upsample, quantize), media_type="application/octet-stream")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -689,3 +695,37 @@ def create_app(model: Sam, config: ServeConfig | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+class BackgroundServer:
+    """Run an app with uvicorn in a daemon thread (tests, benchmarks, notebooks)::
+
+    with BackgroundServer(create_app(model)) as url:
+        ...  # http://127.0.0.1:PORT
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
