@@ -169,3 +169,18 @@ def test_cli_export_onnx_bad_input(tmp_path, ref_checkpoint, capsys):
     assert "must end in .onnx" in capsys.readouterr().err
     assert main(["export-onnx", "--checkpoint", str(ref_checkpoint), "-o", str(tmp_path / "x.onnx"), "--opset", "11"]) == 2
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x.onnx")]) == 2
+
+
+def test_matmul_upscaling_equals_the_transposed_convolutions(ref_model):
+    """The export's rewrite of output_upscaling (MatMul + LayerNorm, channels last) is exact."""
+    import torch
+
+    from segany.export.onnx import SamOnnxDecoder, decoder_dummy_inputs
+
+    inputs = decoder_dummy_inputs(ref_model, num_points=4)
+    inputs["orig_im_size"] = torch.tensor([300.0, 500.0])
+    rewritten = SamOnnxDecoder(ref_model, matmul_upscaling=True)(*inputs.values())
+    reference = SamOnnxDecoder(ref_model, matmul_upscaling=False)(*inputs.values())
+    for a, b in zip(rewritten, reference):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())

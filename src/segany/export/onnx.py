@@ -46,8 +46,11 @@ DEFAULT_OPSET = 17
 class SamOnnxDecoder(nn.Module):
     """Prompt encoder + mask decoder + mask upsampling, written without data-dependent control flow."""
 
-    def __init__(self, model: Sam, return_single_mask: bool = False, upsample: bool = True) -> None:
+    def __init__(
+        self, model: Sam, return_single_mask: bool = False, upsample: bool = True, matmul_upscaling: bool = True
+    ) -> None:
         super().__init__()
+        self.matmul_upscaling = matmul_upscaling
         self.model = model
         self.mask_decoder = model.mask_decoder
         self.img_size = model.image_encoder.img_size
@@ -97,6 +100,49 @@ class SamOnnxDecoder(nn.Module):
         rows = torch.arange(masks.shape[0])
         return masks[rows, best].unsqueeze(1), iou_preds[rows, best].unsqueeze(1)
 
+    def _predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MaskDecoder.predict_masks with the output upscaling written as matrix products.
+
+        The two stride-2, kernel-2 transposed convolutions do not overlap, so each is a MatMul
+        from a pixel's channels to its 2x2 children's channels; keeping pixels as rows (channels
+        last) also makes LayerNorm2d a plain LayerNormalization. Runtimes without fast
+        ConvTranspose (onnxruntime-web's WASM backend) run this markedly faster; the result is
+        the same up to float rounding (tests compare with the official outputs). The pixel order
+        is restored once, on the final (B, M, 4H, 4W) logits.
+        """
+        md = self.mask_decoder
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings + dense_prompt_embeddings
+        _, c, h, w = src.shape
+        hs, src = md.transformer(src, image_pe, tokens)  # src: (B, H*W, C)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + md.num_mask_tokens, :]
+
+        conv1, norm, act1, conv2, act2 = md.output_upscaling
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        # ConvTranspose weight (in, out, 2, 2) -> (in, 2*2*out): columns ordered (dy, dx, out).
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
+        x = (src @ w1 + conv1.bias.repeat(4)).reshape(b, h * w * 4, c1)
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        x = act2((x @ w2 + conv2.bias.repeat(4)).reshape(b, h * w * 16, c2))
+
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1
+        )  # (B, M, C/8)
+        masks = x @ hyper_in.transpose(1, 2)  # (B, H*W*16, M), rows ordered (y, x, dy1, dx1, dy2, dx2)
+        n = masks.shape[-1]
+        masks = masks.reshape(b, h, w, 2, 2, 2, 2, n).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, n, 4 * h, 4 * w)
+        return masks, md.iou_prediction_head(iou_token_out)
+
     @torch.no_grad()
     def forward(
         self,
@@ -109,7 +155,8 @@ class SamOnnxDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_masks(mask_input, has_mask_input)
-        low_res_masks, scores = self.mask_decoder.predict_masks(
+        predict_masks = self._predict_masks if self.matmul_upscaling else self.mask_decoder.predict_masks
+        low_res_masks, scores = predict_masks(
             image_embeddings=image_embeddings,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,

@@ -120,13 +120,37 @@ function maskLayer(mask, color, fillAlpha) {
 
 // -- drawing ---------------------------------------------------------------------------------
 
-function fitCanvas() {
+/** Fit the image in the stage (zoom 1), or re-apply the current zoom and pan. */
+function fitCanvas(refit = true) {
   if (!state.image) return;
   const stage = $("stage").getBoundingClientRect();
-  const scale = Math.min((stage.width - 32) / state.width, (stage.height - 32) / state.height, 4);
-  canvas.style.width = `${Math.round(state.width * scale)}px`;
-  canvas.style.height = `${Math.round(state.height * scale)}px`;
+  const fit = Math.min((stage.width - 32) / state.width, (stage.height - 32) / state.height, 4);
+  if (refit || !state.zoom) {
+    state.zoom = 1;
+    state.pan = [(stage.width - state.width * fit) / 2, (stage.height - state.height * fit) / 2];
+  }
+  state.fitScale = fit;
+  placeCanvas();
+}
+
+function placeCanvas() {
+  const scale = state.fitScale * state.zoom;
   state.viewScale = scale;
+  canvas.style.width = `${state.width * scale}px`;
+  canvas.style.height = `${state.height * scale}px`;
+  canvas.style.left = `${state.pan[0]}px`;
+  canvas.style.top = `${state.pan[1]}px`;
+  $("zoom").textContent = `${Math.round(scale * 100)}%`;
+}
+
+/** Zoom by `factor` keeping the image point under (cx, cy) (stage pixels) in place. */
+function zoomAt(factor, cx, cy) {
+  const old = state.fitScale * state.zoom;
+  state.zoom = Math.min(Math.max(state.zoom * factor, 0.5), 32);
+  const scale = state.fitScale * state.zoom;
+  state.pan = [cx - ((cx - state.pan[0]) / old) * scale, cy - ((cy - state.pan[1]) / old) * scale];
+  placeCanvas();
+  draw();
 }
 
 function currentMask() {
@@ -137,9 +161,11 @@ function draw() {
   if (!state.image) return;
   ctx.clearRect(0, 0, state.width, state.height);
   ctx.drawImage(state.image, 0, 0);
-  state.objects.forEach((o) => {
-    ctx.drawImage(maskLayer(o.mask, o.color, o.uid === state.selected ? 0.6 : 0.38), 0, 0);
-  });
+  if (!state.hideObjects) {
+    state.objects.forEach((o) => {
+      ctx.drawImage(maskLayer(o.mask, o.color, o.uid === state.selected ? 0.6 : 0.38), 0, 0);
+    });
+  }
   if (state.proposals) {
     state.proposals.forEach((p) => ctx.drawImage(maskLayer(p.mask, p.color, 0.42), 0, 0));
   }
@@ -603,12 +629,35 @@ function imageXY(e) {
 
 let press = null;
 canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+let spaceDown = false;
+let panning = null;
+$("stage").addEventListener("mousedown", (e) => {
+  if (!state.image || !(e.button === 1 || (e.button === 0 && spaceDown))) return;
+  e.preventDefault();
+  panning = { x: e.clientX, y: e.clientY, pan: [...state.pan] };
+  $("stage").classList.add("panning");
+});
+$("stage").addEventListener(
+  "wheel",
+  (e) => {
+    if (!state.image) return;
+    e.preventDefault();
+    const rect = $("stage").getBoundingClientRect();
+    zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX - rect.left, e.clientY - rect.top);
+  },
+  { passive: false },
+);
 canvas.addEventListener("mousedown", (e) => {
-  if (document.body.dataset.state !== "ready") return;
+  if (document.body.dataset.state !== "ready" || panning || e.button === 1) return;
   press = { x: e.clientX, y: e.clientY, start: imageXY(e), button: e.button, shift: e.shiftKey };
 });
 window.addEventListener("mousemove", (e) => {
   if (!state.image) return;
+  if (panning) {
+    state.pan = [panning.pan[0] + e.clientX - panning.x, panning.pan[1] + e.clientY - panning.y];
+    placeCanvas();
+    return;
+  }
   if (press && press.button === 0 && Math.hypot(e.clientX - press.x, e.clientY - press.y) > 5) {
     const [x, y] = imageXY(e);
     const [sx, sy] = press.start;
@@ -622,6 +671,11 @@ window.addEventListener("mousemove", (e) => {
   hoverPreview(x, y);
 });
 window.addEventListener("mouseup", (e) => {
+  if (panning) {
+    panning = null;
+    $("stage").classList.remove("panning");
+    return;
+  }
   if (!press) return;
   const p = press;
   press = null;
@@ -665,6 +719,12 @@ function clearPrompts() {
 
 document.addEventListener("keydown", (e) => {
   const typing = e.target.tagName === "INPUT";
+  if (e.key === " " && !typing) {
+    e.preventDefault();
+    spaceDown = true;
+    $("stage").classList.add("can-pan");
+    return;
+  }
   if (typing) {
     if (e.key === "Enter") {
       e.target.blur();
@@ -701,8 +761,28 @@ document.addEventListener("keydown", (e) => {
     deleteObject(state.selected);
   } else if (e.key === "o" || e.key === "O") {
     $("file-input").click();
+  } else if (e.key === "v" || e.key === "V") {
+    state.hideObjects = !state.hideObjects;
+    setStatus(state.hideObjects ? "Saved objects hidden (V to show)." : "Saved objects shown.");
+    draw();
+  } else if (e.key === "f" || e.key === "F" || e.key === "0") {
+    fitCanvas(true);
+    draw();
+  } else if (e.key === "+" || e.key === "=" || e.key === "-") {
+    const rect = $("stage").getBoundingClientRect();
+    zoomAt(e.key === "-" ? 1 / 1.25 : 1.25, rect.width / 2, rect.height / 2);
+  } else if (e.key === "Tab" && state.candidates.length > 1) {
+    e.preventDefault();
+    choose((state.chosen + (e.shiftKey ? state.candidates.length - 1 : 1)) % state.candidates.length);
   } else if (e.key === "?" || e.key === "h" || e.key === "H") {
     $("help").hidden = !$("help").hidden;
+  }
+});
+
+document.addEventListener("keyup", (e) => {
+  if (e.key === " ") {
+    spaceDown = false;
+    $("stage").classList.remove("can-pan");
   }
 });
 
@@ -727,7 +807,7 @@ document.addEventListener("click", (e) => {
   if (!e.target.closest(".menu")) $("export-menu").hidden = true;
 });
 window.addEventListener("resize", () => {
-  fitCanvas();
+  fitCanvas(false);
   draw();
 });
 const stageEl = $("stage");
@@ -767,6 +847,11 @@ async function start() {
 // Hooks for tests and benchmarks.
 window.segany = {
   state,
+  render() {
+    draw();
+    renderCandidates();
+    renderObjects();
+  },
   currentMask: () => {
     const m = currentMask();
     return m ? Array.from(m) : null;
