@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -187,6 +188,7 @@ def test_page_and_decoder_are_served(client):
         ({"mask_input": {"logits": "AAAA"}}, "256*256"),
         ({"mask_input": {"rle": {"size": [5, 5], "counts": [25]}}}, "size"),
         ({"mask_input": {"rle": {"size": [424, 640], "counts": "!!garbage"}}}, "rle"),
+        ({"points": [[1, 1]] * 65, "labels": [1] * 65}, "at most 64"),
     ],
 )
 def test_bad_segment_requests_get_4xx_json(client, uploaded, body, words):
@@ -233,6 +235,22 @@ def test_embedding_cache_is_bounded_by_memory():
     cache.get(3)
     cache.put(5, "5", size=4)
     assert cache.get(3) == "3" and cache.get(4) is None
+
+
+def test_image_store_evicts_old_uploads_and_their_files(ref_model, coco_photo):
+    size = coco_photo.stat().st_size
+    app = create_app(ref_model, ServeConfig(image_store_bytes=int(2.5 * size)))
+    service = app.state.service
+    with TestClient(app) as c:
+        ids = [
+            c.post("/api/images", files={"file": ('we"ird\nname.jpg', coco_photo.read_bytes(), "image/jpeg")}).json()["image_id"]
+            for _ in range(3)
+        ]
+        files = sorted(service.data_dir.iterdir())
+        assert len(files) == 2 and c.get(f"/api/images/{ids[0]}").status_code == 404
+        r = c.get(f"/api/images/{ids[-1]}/export", params={"format": "coco"})
+        assert r.status_code == 200
+        assert re.fullmatch(r'attachment; filename="[\w.-]+_coco\.json"', r.headers["content-disposition"])
 
 
 def test_embedding_cache_evicts_images_beyond_budget(ref_model, coco_photo, data_dir):

@@ -11,7 +11,7 @@ import base64
 import io
 import itertools
 import logging
-import os
+import re
 import tempfile
 import threading
 import time
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -54,6 +54,14 @@ IMAGE_TYPES = {
 }
 
 
+MAX_POINTS = 64
+
+
+def _safe_stem(name: str) -> str:
+    """A file stem fit for a Content-Disposition header."""
+    return re.sub(r"[^\w.-]+", "_", Path(name).stem)[:80] or "image"
+
+
 @dataclass
 class ServeConfig:
     max_upload_bytes: int = 32 * 2**20
@@ -71,8 +79,9 @@ class ApiError(HTTPException):
 class LRUCache:
     """A thread-safe LRU of values with known sizes, evicting the oldest beyond ``capacity`` bytes."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_evict: Any = None) -> None:
         self.capacity = capacity
+        self.on_evict = on_evict
         self.used = 0
         self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -91,8 +100,10 @@ class LRUCache:
             self._items[key] = (value, size)
             self.used += size
             while self.used > self.capacity and len(self._items) > 1:
-                _, (_, old_size) = self._items.popitem(last=False)
+                _, (old, old_size) = self._items.popitem(last=False)
                 self.used -= old_size
+                if self.on_evict is not None:
+                    self.on_evict(old)
 
     def pop(self, key: Any) -> None:
         with self._lock:
@@ -206,7 +217,7 @@ class SegmentService:
         self.model = model.eval()
         self.config = config
         self.embeddings = LRUCache(config.embedding_cache_bytes)
-        self.images = LRUCache(config.image_store_bytes)
+        self.images = LRUCache(config.image_store_bytes, on_evict=self._forget_image)
         self.jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
         self._encoder_lock = threading.Lock()
@@ -257,6 +268,10 @@ class SegmentService:
             raise ApiError(404, f"no image {image_id} (unknown, deleted, or evicted from the store)")
         return record
 
+    def _forget_image(self, record: ImageRecord) -> None:
+        self.embeddings.pop(record.info.id)
+        record.path.unlink(missing_ok=True)
+
     def delete_image(self, image_id: int) -> None:
         record = self.image(image_id)
         self.images.pop(image_id)
@@ -287,6 +302,8 @@ class SegmentService:
         h, w = record.info.height, record.info.width
         if len(req.points) != len(req.labels):
             raise ApiError(422, f"{len(req.points)} points but {len(req.labels)} labels")
+        if len(req.points) > MAX_POINTS:
+            raise ApiError(422, f"{len(req.points)} points; at most {MAX_POINTS} per request")
         if not req.points and req.box is None and req.mask_input is None:
             raise ApiError(422, "give at least one point, a box or a mask prompt")
         for x, y in req.points:
@@ -663,7 +680,7 @@ def create_app(model: Sam, config: ServeConfig | None = None) -> FastAPI:
     )
     def export_image(image_id: int, format: Literal["coco", "sa1b", "png"] = "coco") -> Response:
         record = service.image(image_id)
-        stem = Path(record.info.file_name).stem
+        stem = _safe_stem(record.info.file_name)
         if format == "png":
             return Response(
                 index_png(record.info, record.annotations),
