@@ -527,7 +527,8 @@ async function everything() {
       await new Promise((r) => setTimeout(r, 400));
       status = await api(`/api/jobs/${job.job_id}`);
       $("auto-progress").style.width = `${Math.round(status.progress * 100)}%`;
-      $("auto-status").textContent = `${status.status} · ${Math.round(status.progress * 100)}% · ${status.seconds.toFixed(1)} s`;
+      const what = status.progress > 0 ? `${Math.round(status.progress * 100)}%` : "encoding";
+      $("auto-status").textContent = `${status.status} · ${what} · ${status.seconds.toFixed(1)} s`;
     }
     if (status.status !== "done") throw new Error(status.error || status.status);
     const result = await api(`/api/jobs/${job.job_id}/result`);
@@ -558,6 +559,7 @@ function keepProposals(list) {
   const kept = new Set(list);
   state.proposals = state.proposals.filter((p) => !kept.has(p));
   $("auto-count").textContent = state.proposals.length;
+  $("auto-add-all").disabled = !state.proposals.length;
   renderObjects();
   draw();
   syncObjects();

@@ -72,7 +72,10 @@ export class WasmDecoder {
     const ort = await import(ORT_BASE + "ort.wasm.min.mjs");
     ort.env.wasm.wasmPaths = ORT_BASE;
     const threads = Number(new URLSearchParams(location.search).get("threads"));
-    ort.env.wasm.numThreads = threads || (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
+    // Threads need cross-origin isolation (the server sends the headers); on small machines one
+    // thread is faster (measured with bench/browser_decode.py on 2 busy cores).
+    const cores = navigator.hardwareConcurrency || 1;
+    ort.env.wasm.numThreads = threads || (self.crossOriginIsolated && cores >= 4 ? Math.min(4, cores >> 1) : 1);
     ort.env.logLevel = "error";
     const query = variant === "full" ? "" : variant === "int8" ? "?upsample=false&quantize=true" : "?upsample=false";
     const response = await fetch("/api/decoder.onnx" + query);
