@@ -93,3 +93,23 @@ def test_click_draws_mask_and_export_decodes_to_it(server_url, ref_model, coco_p
     assert near[changed].mean() > 0.98, "little is drawn outside the mask (only the point marker)"
     assert result["candidates"] == 3
     assert (result["afterUndo"], result["afterRedo"]) == (0, 1)
+
+    # Box drag + shift-click: a box prompt and a background point, answered like PyTorch.
+    prompt = result["boxPrompt"]
+    assert prompt["labels"] == [0] and len(prompt["points"]) == 1 and len(prompt["box"]) == 4
+    box_mask = np.array(json.loads((tmp_path / "mask_box.json").read_text()), dtype=bool).reshape(h, w)
+    single, _, _ = predictor.predict(np.array(prompt["points"]), np.array([0]), np.array(prompt["box"]), multimask_output=False)
+    assert iou(box_mask, single[0]) > 0.99
+    # WASM has all four decoder outputs to choose from; the server answers with the single mask.
+    assert result["boxCandidates"] == (4 if decoder == "wasm" else 1)
+    assert result["chosen"] == (1 if decoder == "wasm" else 0)
+
+    # The cut-out is the chosen mask's bounding box of the photo, transparent outside the mask.
+    chosen = np.array(json.loads((tmp_path / "mask_chosen.json").read_text()), dtype=bool).reshape(h, w)
+    cut = np.asarray(Image.open(tmp_path / "cutout.png"))
+    ys, xs = np.nonzero(chosen)
+    crop = chosen[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert cut.shape == (*crop.shape, 4)
+    assert np.array_equal(cut[..., 3] > 0, crop)
+    photo = read_image(coco_photo)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert np.abs(cut[..., :3][crop].astype(int) - photo[crop]).mean() < 3  # JPEG decoders differ slightly

@@ -55,6 +55,29 @@ try {
   result.afterUndo = await page.locator("#objects li").count();
   await page.keyboard.press("Control+y");
   result.afterRedo = await page.locator("#objects li").count();
+  // A box, then a point outside the object (shift-click), then the second candidate and a cut-out.
+  await page.keyboard.press("Escape");
+  const drawnBefore = await page.getAttribute("body", "data-masks");
+  await page.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5, { steps: 5 });
+  await page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.9, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForFunction((b) => document.body.dataset.masks !== b, drawnBefore, { timeout: 30000 });
+  const afterBox = await page.getAttribute("body", "data-masks");
+  await page.keyboard.down("Shift");
+  await page.mouse.click(box.x + box.width * 0.3, box.y + box.height * 0.8);
+  await page.keyboard.up("Shift");
+  await page.waitForFunction((b) => document.body.dataset.masks !== b, afterBox, { timeout: 30000 });
+  result.boxPrompt = await page.evaluate(() => ({ box: window.segany.state.box, points: window.segany.state.points, labels: window.segany.state.labels }));
+  result.boxCandidates = await page.locator(".cand").count();
+  writeFileSync(join(outDir, "mask_box.json"), JSON.stringify(await page.evaluate(() => window.segany.currentMask())));
+  if (result.boxCandidates > 1) await page.keyboard.press("2");
+  result.chosen = await page.evaluate(() => window.segany.state.chosen);
+  writeFileSync(join(outDir, "mask_chosen.json"), JSON.stringify(await page.evaluate(() => window.segany.currentMask())));
+  const [cut] = await Promise.all([page.waitForEvent("download"), page.keyboard.press("x")]);
+  await cut.saveAs(join(outDir, "cutout.png"));
+  await page.screenshot({ path: join(outDir, "page_box.png") });
   result.ok = true;
 } catch (e) {
   result.ok = false;

@@ -29,7 +29,7 @@ const state = {
   undo: [],
   redo: [],
   nextUid: 1,
-  decodeSeq: 0,
+  decodeSeq: { click: 0, hover: 0 },
   lastMs: null,
   syncing: Promise.resolve(),
 };
@@ -328,14 +328,15 @@ function redo() {
 
 // -- decoding --------------------------------------------------------------------------------
 
-async function runDecode(prompt) {
-  const seq = ++state.decodeSeq;
+/** Decode a prompt; null when a newer prompt of the same kind (click or hover) overtook it. */
+async function runDecode(prompt, kind = "click") {
+  const seq = ++state.decodeSeq[kind];
   const t0 = performance.now();
   const result = await state.decoder.decode(prompt);
   void result.masks[0]?.mask; // the upsampled mask is part of the cost of a click
   state.lastMs = performance.now() - t0;
   $("latency").textContent = `decode ${state.lastMs.toFixed(1)} ms`;
-  return seq === state.decodeSeq ? result : null; // drop answers overtaken by a newer prompt
+  return seq === state.decodeSeq[kind] ? result : null;
 }
 
 async function decodePrompt(chosen = 0) {
@@ -368,10 +369,10 @@ async function hoverPreview(x, y) {
   if (hoverBusy) return;
   hoverBusy = true;
   try {
-    while (hoverPending) {
+    while (hoverPending && !state.points.length && !state.box) {
       const [hx, hy] = hoverPending;
       hoverPending = null;
-      const result = await runDecode({ points: [[hx, hy]], labels: [1], box: null });
+      const result = await runDecode({ points: [[hx, hy]], labels: [1], box: null }, "hover");
       if (result && !state.points.length && !state.box) {
         state.hover = result.masks[0].mask;
         draw();
