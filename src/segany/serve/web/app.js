@@ -178,24 +178,32 @@ function draw() {
 function drawPrompts() {
   const s = 1 / (state.viewScale || 1); // constant size on screen
   if (state.box || state.dragBox) {
+    // Two tones so that the box shows on light and dark images alike.
     const [x0, y0, x1, y1] = state.dragBox || state.box;
+    ctx.lineWidth = 4 * s;
+    ctx.strokeStyle = "rgba(0, 0, 0, 0.75)";
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
     ctx.lineWidth = 2 * s;
     ctx.strokeStyle = "#fff";
-    ctx.setLineDash([6 * s, 4 * s]);
+    ctx.setLineDash([7 * s, 5 * s]);
     ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
     ctx.setLineDash([]);
   }
   state.points.forEach(([x, y], i) => {
     ctx.beginPath();
-    ctx.arc(x, y, 6 * s, 0, Math.PI * 2);
+    ctx.arc(x, y, 9 * s, 0, Math.PI * 2);
+    ctx.fillStyle = "rgba(0, 0, 0, 0.55)";
+    ctx.fill();
+    ctx.beginPath();
+    ctx.arc(x, y, 7 * s, 0, Math.PI * 2);
     ctx.fillStyle = state.labels[i] ? "#2ecc71" : "#ff4d5e";
     ctx.fill();
     ctx.lineWidth = 2 * s;
     ctx.strokeStyle = "#fff";
     ctx.stroke();
     ctx.fillStyle = "#fff";
-    ctx.fillRect(x - 3 * s, y - 0.75 * s, 6 * s, 1.5 * s);
-    if (state.labels[i]) ctx.fillRect(x - 0.75 * s, y - 3 * s, 1.5 * s, 6 * s);
+    ctx.fillRect(x - 3.5 * s, y - 1 * s, 7 * s, 2 * s);
+    if (state.labels[i]) ctx.fillRect(x - 1 * s, y - 3.5 * s, 2 * s, 7 * s);
   });
 }
 
@@ -258,6 +266,8 @@ function renderObjects() {
       draw();
     };
     li.querySelector(".del").onclick = () => deleteObject(o.uid);
+    li.ondblclick = (e) => e.target.tagName !== "INPUT" && editObject(o.uid);
+    li.title = "Click to select, double-click to edit its prompts";
     list.append(li);
   });
   $("object-count").textContent = state.objects.length;
@@ -435,6 +445,25 @@ function deleteObject(uid) {
   renderCandidates();
   draw();
   syncObjects();
+}
+
+/** Take a saved object back into the current prompt (its points and box), to refine and re-save. */
+function editObject(uid) {
+  const index = state.objects.findIndex((o) => o.uid === uid);
+  if (index < 0) return;
+  const o = state.objects[index];
+  if (!o.points.length && !o.box) return toast("This object has no prompts to edit (automatic mask).", "info");
+  pushHistory();
+  state.objects.splice(index, 1);
+  state.selected = null;
+  state.points = o.points.map((p) => [...p]);
+  state.labels = [...o.labels];
+  state.box = o.box ? [...o.box] : null;
+  $("label-input").value = o.label;
+  renderObjects();
+  syncObjects();
+  decodePrompt();
+  setStatus(`Editing “${o.label}”: add points, then Enter to save it again.`);
 }
 
 /** The server holds the saved objects (for export); send the whole list after each change. */
