@@ -93,6 +93,7 @@ def test_click_draws_mask_and_export_decodes_to_it(server_url, ref_model, coco_p
     assert near[changed].mean() > 0.98, "little is drawn outside the mask (only the point marker)"
     assert result["candidates"] == 3
     assert (result["afterUndo"], result["afterRedo"]) == (0, 1)
+    assert result["editing"] == {"objects": 0, "points": [result["imageXY"]]} and result["afterEdit"] == 1
 
     # Box drag + shift-click: a box prompt and a background point, answered like PyTorch.
     prompt = result["boxPrompt"]

@@ -55,6 +55,13 @@ try {
   result.afterUndo = await page.locator("#objects li").count();
   await page.keyboard.press("Control+y");
   result.afterRedo = await page.locator("#objects li").count();
+  // Double-click the object to edit it: it leaves the list and its click comes back as the prompt.
+  const drawnBeforeEdit = await page.getAttribute("body", "data-masks");
+  await page.dblclick("#objects li .meta");
+  await page.waitForFunction((b) => document.body.dataset.masks !== b, drawnBeforeEdit, { timeout: 30000 });
+  result.editing = await page.evaluate(() => ({ objects: window.segany.state.objects.length, points: window.segany.state.points }));
+  await page.keyboard.press("Enter");
+  result.afterEdit = await page.locator("#objects li").count();
   // A box, then a point outside the object (shift-click), then the second candidate and a cut-out.
   await page.keyboard.press("Escape");
   const drawnBefore = await page.getAttribute("body", "data-masks");
