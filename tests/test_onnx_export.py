@@ -154,10 +154,12 @@ def test_encoder_export_matches_pytorch(ref_model, predictors, reference_arrays)
 
 
 def test_cli_export_onnx(tmp_path, ref_checkpoint, capsys):
-    out = tmp_path / "decoder.onnx"
-    code = main(["export-onnx", "--checkpoint", str(ref_checkpoint), "--output", str(out), "--quantize", "--json"])
-    assert code == 0
+    out, encoder = tmp_path / "decoder.onnx", tmp_path / "encoder.onnx"
+    args = ["export-onnx", "--checkpoint", str(ref_checkpoint), "--output", str(out), "--quantize", "--json"]
+    assert main([*args, "--encoder", str(encoder)]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["encoder"] == str(encoder)
+    assert [o.name for o in onnx_session(encoder).get_outputs()] == ["image_embeddings"]
     assert out.stat().st_size == result["quantization"]["int8_bytes"]
     assert 0.5 < result["quantization"]["mask_iou_mean"] <= 1.0
     session = onnx_session(out)
