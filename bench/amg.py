@@ -37,6 +37,8 @@ CONFIGS = {
     "default": {},
     # Loose filters so that many masks reach NMS and the post-processing is exercised.
     "permissive": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0},
+    # The filters of the fixture's "nms_off" run: hundreds of masks reach the output.
+    "nms_off": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
     # Crops and small-region clean-up.
     "crops": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "crop_n_layers": 1,
               "crop_n_points_downscale_factor": 2, "min_mask_region_area": 100},
@@ -101,21 +103,38 @@ def timed(fn):
 
 
 def match_masks(ours: list[dict], official: list[dict], min_iou: float = 0.99) -> dict:
-    """One-to-one matching of binary masks by mask IoU (mutual best matches above min_iou)."""
-    if not ours or not official:
-        return {"matched": 0, "official": len(official), "ours": len(ours), "min_matched_iou": None}
-    a = torch.as_tensor(np.stack([r["segmentation"] for r in ours]).reshape(len(ours), -1), dtype=torch.float32)
-    b = torch.as_tensor(np.stack([r["segmentation"] for r in official]).reshape(len(official), -1), dtype=torch.float32)
-    inter = a @ b.T
-    iou = inter / (a.sum(1)[:, None] + b.sum(1)[None, :] - inter).clamp(min=1)
-    best_for_official = iou.argmax(0)
-    best_for_ours = iou.argmax(1)
-    mutual = best_for_ours[best_for_official] == torch.arange(len(official))
-    ious = iou[best_for_official, torch.arange(len(official))]
-    matched = mutual & (ious >= min_iou)
+    """One-to-one matching of COCO-RLE masks at mask IoU >= min_iou (pycocotools IoU on the runs).
+
+    Each official mask is compared first with ours at the same position (both sort by predicted
+    IoU), and only searched among all of ours when that fails.
+    """
+    from pycocotools import mask as mask_utils
+
+    def rle(record):
+        return {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode("ascii")}
+
+    ours_rle = [rle(r) for r in ours]
+    pairs, taken, worst = [], set(), 1.0
+    for j, record in enumerate(official):
+        target = [rle(record)]
+        if j < len(ours) and j not in taken:
+            iou = float(mask_utils.iou([ours_rle[j]], target, [0])[0][0])
+            if iou >= min_iou:
+                pairs.append((j, j))
+                taken.add(j)
+                worst = min(worst, iou)
+                continue
+        ious = np.asarray(mask_utils.iou(ours_rle, target, [0])).ravel() if ours_rle else np.zeros(0)
+        for i in np.argsort(-ious):
+            if ious[i] < min_iou:
+                break
+            if int(i) not in taken:
+                pairs.append((int(i), j))
+                taken.add(int(i))
+                worst = min(worst, float(ious[i]))
+                break
     field_diff = {}
-    pairs = [(int(best_for_official[j]), j) for j in range(len(official)) if matched[j]]
-    for key in ("predicted_iou", "stability_score"):
+    for key in ("predicted_iou", "stability_score", "area"):
         field_diff[key] = max((abs(ours[i][key] - official[j][key]) for i, j in pairs), default=0.0)
     for key in ("bbox", "crop_box", "point_coords"):
         field_diff[key] = max(
@@ -123,10 +142,11 @@ def match_masks(ours: list[dict], official: list[dict], min_iou: float = 0.99) -
             default=0.0,
         )
     return {
-        "matched": int(matched.sum()),
+        "matched": len(pairs),
         "official": len(official),
         "ours": len(ours),
-        "min_matched_iou": float(ious[matched].min()) if matched.any() else None,
+        "same_position": sum(i == j for i, j in pairs),
+        "min_matched_iou": worst if pairs else None,
         "max_field_diff": field_diff,
     }
 
@@ -147,7 +167,7 @@ def main() -> None:
 
     state, weights = load_weights(args)
     image, image_name = load_image(args)
-    params = {"points_per_side": args.points_per_side, **CONFIGS[args.config]}
+    params = {"points_per_side": args.points_per_side, **CONFIGS[args.config], "output_mode": "coco_rle"}
     ours_model, config = build_ours(state)
 
     result: dict = {
