@@ -183,7 +183,8 @@ class SamAutomaticMaskGenerator:
         stability = torch.cat([c.stability for c in crops])
         points = np.concatenate([c.points for c in crops]) if crops else np.zeros((0, 2))
         flat = self._flat_index(crops, crop_of, row_of)
-        iou_preds, stability, points = iou_preds[flat.to(iou_preds.device)], stability[flat.to(stability.device)], points[flat.numpy()]
+        iou_preds, stability = iou_preds[flat.to(iou_preds.device)], stability[flat.to(stability.device)]
+        points = points[flat.numpy()]
         crop_xyxy = torch.tensor([crops[i].crop_box for i in crop_of.tolist()], dtype=torch.int64).reshape(-1, 4)
 
         if self.min_mask_region_area > 0 and len(masks) > 0:

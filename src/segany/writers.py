@@ -28,7 +28,8 @@ def to_coco_rle(segmentation: Any) -> dict[str, Any]:
         if isinstance(segmentation.get("counts"), list):
             return uncompressed_rle_to_coco(segmentation)
         counts = segmentation["counts"]
-        return {"size": list(segmentation["size"]), "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+        counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        return {"size": list(segmentation["size"]), "counts": counts}
     return encode_rle(np.asarray(segmentation, dtype=bool))
 
 
