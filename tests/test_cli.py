@@ -124,3 +124,16 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: image not found: {tmp_path / 'none.jpg'}"
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    from segany.io import atomic_write_bytes
+
+    path = tmp_path / "out.json"
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(path, b"{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".*.tmp"))
