@@ -176,3 +176,12 @@ def test_decoder_only_bf16(tmp_path, data_dir):
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     after = t.sam.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("image_encoder.", "prompt_encoder.")))
+
+
+def test_first_prompt_only_curriculum(tmp_path, data_dir):
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "c", first_prompt_only_steps=1, box_prob=1.0))
+    t = Trainer(cfg, show_progress=False)
+    first = t.train_step()  # step 0: the noisy box only
+    assert first["iou_first"] == first["iou_last"]
+    later = t.train_step()  # step 1: box, then correction rounds
+    assert later["iou_first"] != later["iou_last"]

@@ -6,7 +6,7 @@ import argparse
 
 from ..cli import UsageError
 
-EXAMPLE = "segany train src/segany/weights/default_train.yaml --resume   (torchrun --nproc_per_node 2 -m segany train CONFIG for DDP)"
+EXAMPLE = "segany train src/segany/weights/default_train.yaml --resume   (DDP: torchrun --nproc_per_node 2 -m segany.cli train CONFIG)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

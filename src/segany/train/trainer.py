@@ -66,6 +66,7 @@ class TrainConfig:
     mask_rounds: int = 2
     box_prob: float = 0.5
     grad_rounds: int | None = None  # None: loss on every iteration (the paper); k: first + k-1 random ones
+    first_prompt_only_steps: int = 0  # curriculum: before this step train the first prompt only (no rounds)
     loss: LossWeights = field(default_factory=LossWeights)
     lr: float = 1e-4
     weight_decay: float = 0.1
@@ -229,7 +230,9 @@ class InteractiveStep(nn.Module):
             multimask_output=multimask,
         )
 
-    def forward(self, images: torch.Tensor, masks: list[torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, masks: list[torch.Tensor], rng: np.random.Generator, step: int = 0
+    ) -> dict[str, torch.Tensor]:
         """images (N, 3, S, S) float 0..255; masks: N tensors (M_i, S, S) uint8. Returns the loss
         and metrics (scalars)."""
         cfg = self.cfg
@@ -244,6 +247,8 @@ class InteractiveStep(nn.Module):
         owner = torch.cat([torch.full((len(m),), i, dtype=torch.long) for i, m in enumerate(masks)]).to(gt.device)
         use_box = torch.from_numpy(rng.random(len(gt)) < cfg.box_prob).to(gt.device)
         schedule = interaction_schedule(rng, cfg.point_rounds, cfg.mask_rounds)
+        if step < cfg.first_prompt_only_steps:
+            schedule = schedule[:1]
         with_grad = set(range(len(schedule)))
         if cfg.grad_rounds is not None and cfg.grad_rounds < len(schedule):
             others = rng.choice(np.arange(1, len(schedule)), size=max(0, cfg.grad_rounds - 1), replace=False)
@@ -457,7 +462,7 @@ class Trainer:
         images, masks = self._batch(rng)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            result = self.model(images, masks, rng)
+            result = self.model(images, masks, rng, self.step)
         self.scaler.scale(result["loss"]).backward()
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
