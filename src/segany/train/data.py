@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -366,8 +366,3 @@ class InteractiveDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         return self.sample(index, np.random.default_rng(index))
-
-
-def records_summary(records: Iterable[ImageRecord]) -> str:
-    records = list(records)
-    return f"{len(records)} images"

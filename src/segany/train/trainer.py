@@ -432,7 +432,13 @@ class Trainer:
         """Drop log lines written after the checkpoint we resume from (a killed run's tail)."""
         if not self.log_path.exists():
             return
-        kept = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut by a kill
+                continue
         atomic_write_bytes(self.log_path, ("\n".join(kept) + "\n" if kept else "").encode())
 
     def _log(self, entry: dict[str, Any]) -> None:
