@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..io import read_image
 from ..masks import decode_rle
+from ..modeling.sam import PIXEL_MEAN
 
 IGNORE = 255
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -261,7 +262,8 @@ class AugmentConfig:
 
 @dataclass
 class Sample:
-    """image (3, S, S) float 0..255 zero-padded; masks (M, S, S) uint8 1/0/IGNORE, padding = IGNORE."""
+    """image (3, S, S) float 0..255, padded with the pixel mean; masks (M, S, S) uint8 1/0/IGNORE,
+    padding = IGNORE."""
 
     image: torch.Tensor
     masks: torch.Tensor
@@ -359,8 +361,10 @@ class InteractiveDataset(torch.utils.data.Dataset):
         if len(keep) > self.max_masks:
             keep = sorted(rng.choice(keep, size=self.max_masks, replace=False).tolist())
         masks = masks[keep] if keep else np.zeros((0, self.img_size, self.img_size), np.uint8)
+        # Pad with the pixel mean: zero after normalisation, as the model's own preprocess pads.
+        padded = np.where(valid[..., None], image.astype(np.float32), np.float32(PIXEL_MEAN))
         return Sample(
-            image=torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float(),
+            image=torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1),
             masks=torch.from_numpy(np.ascontiguousarray(masks)),
         )
 
