@@ -13,6 +13,18 @@ from .transforms import ResizeLongestSide
 
 __version__ = "0.1.0"
 
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+def load_default_model(device: str = "cpu") -> Sam:
+    """The small model shipped inside the package (see the README's "Default model" section).
+
+    Far weaker than the official ViT-H; it exists so that everything works with no download.
+    """
+    if not DEFAULT_MODEL.exists():
+        raise CheckpointError(f"the embedded default model is missing from this installation: {DEFAULT_MODEL}")
+    return load_model(DEFAULT_MODEL, device=device)
+
 
 def _build_registered(model_type: str, checkpoint: str | Path | None = None) -> Sam:
     if checkpoint is None:
@@ -42,6 +54,7 @@ __all__ = [
     "SamPredictor",
     "build_sam",
     "download_checkpoint",
+    "load_default_model",
     "load_model",
     "sam_model_registry",
     "save_model",

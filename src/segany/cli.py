@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "segany.commands.export_onnx",
     "segany.commands.serve",
     "segany.commands.everything",
+    "segany.commands.train",
+    "segany.commands.eval",
 )
 
 

@@ -13,7 +13,7 @@ from ..modeling import Sam
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--checkpoint", metavar="PATH", help="a .pth/.pt/.safetensors SAM checkpoint")
+    group.add_argument("--checkpoint", metavar="PATH", help="a .pth/.pt/.safetensors SAM checkpoint (default: the small model shipped with segany)")
     group.add_argument(
         "--model",
         metavar="NAME",
@@ -32,7 +32,7 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def resolve_model(args: argparse.Namespace) -> Sam:
-    """Load the model named by --checkpoint or --model."""
+    """Load the model named by --checkpoint or --model, else the small default shipped in the package."""
     device = pick_device(args.device)
     if args.checkpoint:
         return load_model(args.checkpoint, device=device)
@@ -43,7 +43,9 @@ def resolve_model(args: argparse.Namespace) -> Sam:
         if not path.exists():
             raise UsageError(f"{path} not found; run 'segany download {args.model}' or place the file there by hand")
         return load_model(path, config=args.model, device=device)
-    raise UsageError("no model given: pass --checkpoint PATH or --model NAME")
+    from .. import load_default_model
+
+    return load_default_model(device=device)
 
 
 def parse_floats(text: str, count: tuple[int, ...], what: str) -> list[float]:

@@ -1,0 +1,90 @@
+"""segany eval interactive: mIoU@k and NoC@85/90 under the RITM/SAM click protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cli import UsageError
+from .common import add_model_args, resolve_model
+
+EXAMPLE = (
+    "segany eval interactive --images coco_mval/images --masks coco_mval/masks "
+    "--match '(0[7-9]|1[0-9])_[0-9]{12}$' --max-clicks 20 --output results.json --plot curve.png"
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model", epilog=f"example: {EXAMPLE}")
+    kinds = p.add_subparsers(dest="eval_kind", metavar="KIND", parser_class=type(p))
+    kinds.required = True
+    q = kinds.add_parser("interactive", help="click-based interactive segmentation (mIoU@k, NoC@85/90)",
+                         epilog=f"example: {EXAMPLE}")
+    q.add_argument("--images", required=True, help="image folder")
+    source = q.add_mutually_exclusive_group(required=True)
+    source.add_argument("--masks", help="mask folder paired with --images by file stem (128 = ignore)")
+    source.add_argument("--coco", metavar="JSON", help="COCO instances JSON: every non-crowd instance is an object")
+    q.add_argument("--max-clicks", type=int, default=20)
+    q.add_argument("--long-side", type=int, default=500, help="resize images so the long side is this (0: as is)")
+    q.add_argument("--match", metavar="REGEX", help="only image stems matching this regex")
+    q.add_argument("--limit", type=int, help="evaluate at most this many objects")
+    q.add_argument("--every", type=int, default=1, help="take every N-th image (subsample)")
+    q.add_argument("--method", choices=("sam", "grabcut"), default="sam", help="the model, or click-seeded GrabCut")
+    q.add_argument("--output", required=True, help="results JSON (per-object IoUs inside)")
+    q.add_argument("--plot", metavar="PNG", help="also draw the mIoU-vs-clicks curve")
+    q.add_argument("--compare", metavar="JSON", action="append", default=[],
+                   help="another results JSON to draw on the same plot (repeatable)")
+    q.add_argument("--restart", action="store_true", help="ignore the progress file of an interrupted run")
+    add_model_args(q)
+    q.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate.interactive import EvalOptions, GrabCutClicker, evaluate, load_coco_objects, load_folder_objects
+    from ..evaluate.interactive import plot_curve
+    from ..io import atomic_write_bytes
+    from ..predictor import SamPredictor
+    from ..train.data import DataError
+
+    if args.max_clicks < 1:
+        raise UsageError("--max-clicks must be at least 1")
+    output = Path(args.output)
+    try:
+        if args.masks:
+            objects = load_folder_objects(args.images, args.masks, args.match, args.limit, args.every)
+        else:
+            objects = load_coco_objects(args.coco, args.images, args.match, args.limit, args.every)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    except __import__("re").error as e:
+        raise UsageError(f"bad --match regex: {e}") from None
+    if not objects:
+        raise UsageError("no objects to evaluate (check --match/--limit)")
+    if args.method == "grabcut":
+        clicker = GrabCutClicker()
+        model_name = "grabcut"
+    else:
+        model = resolve_model(args)
+        clicker = SamPredictor(model)
+        model_name = args.checkpoint or args.model or "default"
+    options = EvalOptions(max_clicks=args.max_clicks, long_side=args.long_side or None)
+    partial = output.with_name(output.name + ".partial.jsonl")
+    if args.restart:
+        partial.unlink(missing_ok=True)
+    result = evaluate(clicker, objects, options, progress=True, partial_path=partial)
+    result = {"method": args.method, "model": model_name, **result}
+    atomic_write_bytes(output, json.dumps(result, indent=1).encode())
+    partial.unlink(missing_ok=True)
+    if args.plot:
+        curves = {model_name: result}
+        for other in args.compare:
+            data = json.loads(Path(other).read_text())
+            curves[data.get("model", Path(other).stem)] = data
+        plot_curve(curves, args.plot)
+    m = result["miou_at_clicks"]
+    shown = " ".join(f"@{k}={m[str(k)]:.3f}" for k in (1, 5, 10, 20) if str(k) in m)
+    print(f"{result['objects']} objects  mIoU {shown}  NoC@85 {result['noc85']} ({result['noc85_failed']} never)  "
+          f"NoC@90 {result['noc90']} ({result['noc90_failed']} never)  1-click oracle {result['miou_1_oracle']}")
+    print(f"wrote {output}" + (f", {args.plot}" if args.plot else ""))
+    return 0

@@ -1,0 +1,117 @@
+"""The interactive evaluation protocol (RITM/SAM clicks) and `segany eval interactive`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segany.cli import main
+from segany.evaluate.interactive import (
+    EvalOptions,
+    GrabCutClicker,
+    evaluate,
+    first_click,
+    iou,
+    load_folder_objects,
+    next_click,
+    noc,
+    summarize,
+)
+from segany.train.data import IGNORE
+
+VAL = "(0[7-9]|1[0-9])_[0-9]{12}$"
+
+
+def test_first_click_is_the_deepest_interior_point():
+    gt = np.zeros((50, 80), np.uint8)
+    gt[10:41, 20:71] = 1  # 31 x 51 rectangle: the deepest points form the segment y = 25, x = 35..55
+    x, y, label = first_click(gt)
+    assert label == 1 and y == 25 and 35 <= x <= 55
+    gt[10:41, 50:71] = 0  # now 31 x 30: the deepest point is the centre (34.5, 25)
+    x, y, _ = first_click(gt)
+    assert abs(x - 34.5) <= 1 and abs(y - 25) <= 1
+    gt2 = np.zeros((40, 40), np.uint8)
+    gt2[:, :10] = 1  # touches the image border: the border counts as boundary
+    x, _, _ = first_click(gt2)
+    assert x in (4, 5)
+
+
+def test_next_click_goes_to_the_largest_error_region():
+    gt = np.zeros((60, 60), np.uint8)
+    gt[10:50, 10:50] = 1
+    pred = gt == 1
+    pred[10:50, 40:50] = False  # 400 px false negative strip
+    pred[0:5, 0:20] = True  # 100 px false positive
+    x, y, label = next_click(pred, gt)
+    assert label == 1 and 40 <= x < 50 and 10 <= y < 50 and (x, y) != (40, 10)
+    pred2 = gt == 1
+    pred2[52:60, 0:60] = True  # 480 px false positive band
+    x, y, label = next_click(pred2, gt)
+    assert label == 0 and y >= 52
+    assert next_click(gt == 1, gt) is None
+
+
+def test_iou_leaves_ignore_out_and_noc_caps():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:8, 2:8] = 1
+    gt[0, :] = IGNORE
+    pred = gt == 1
+    pred[0, :] = True
+    assert iou(pred, gt) == 1.0
+    assert noc([0.5, 0.86, 0.95], 0.85, 20) == 2 and noc([0.5, 0.6], 0.9, 20) == 20
+
+
+def test_summary_counts_and_keys():
+    opts = EvalOptions(max_clicks=4)
+    per = {"a": {"ious": [0.5, 0.86, 0.91, 0.95], "oracle_iou_1": 0.6},
+           "b": {"ious": [0.2, 0.3, 0.4, 0.5], "oracle_iou_1": 0.7}}
+    s = summarize(per, opts)
+    assert list(s["miou_at_clicks"]) == ["1", "2", "3", "4"]
+    assert s["miou_at_clicks"]["1"] == pytest.approx(0.35)
+    assert s["noc85"] == pytest.approx((2 + 4) / 2) and s["noc85_failed"] == 1
+    assert s["noc90"] == pytest.approx((3 + 4) / 2) and s["noc90_failed"] == 1
+    assert s["miou_1_oracle"] == pytest.approx(0.65)
+
+
+def test_grabcut_improves_with_clicks(data_dir):
+    objects = load_folder_objects(data_dir / "coco_mval" / "images", data_dir / "coco_mval" / "masks", match=VAL, limit=2)
+    result = evaluate(GrabCutClicker(), objects, EvalOptions(max_clicks=4, long_side=160), progress=False)
+    curve = [result["miou_at_clicks"][str(k)] for k in range(1, 5)]
+    assert result["objects"] == 2 and 0 <= curve[0] <= 1
+    assert curve[-1] > curve[0]
+
+
+def test_cli_eval_sam_with_plot_and_resume(tmp_path, data_dir, ref_checkpoint, capsys):
+    d = data_dir / "coco_mval"
+    out = tmp_path / "r.json"
+    args = ["eval", "interactive", "--images", str(d / "images"), "--masks", str(d / "masks"), "--match", VAL,
+            "--limit", "2", "--max-clicks", "3", "--long-side", "200", "--checkpoint", str(ref_checkpoint),
+            "--output", str(out), "--plot", str(tmp_path / "c.png")]
+    # A progress file from an interrupted run: its finished object is reused, a cut line skipped.
+    objects = load_folder_objects(d / "images", d / "masks", match=VAL, limit=2)
+    partial = tmp_path / "r.json.partial.jsonl"
+    partial.write_text(json.dumps({"key": objects[0].key, "ious": [0.123, 0.5, 0.7], "oracle_iou_1": 0.2}) + "\n{\"key\": ")
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["objects"] == 2 and list(r["miou_at_clicks"]) == ["1", "2", "3"]
+    assert r["per_object"][objects[0].key][0] == 0.123
+    assert {"noc85", "noc90", "noc85_failed", "noc90_failed", "miou_1_oracle", "miou_1_top_score"} <= set(r)
+    assert r["miou_1_oracle"] >= r["miou_1_top_score"] - 0.2  # oracle of the fresh object >= its top score
+    assert not partial.exists()
+    assert Image.open(tmp_path / "c.png").size == (640, 440)
+    assert "NoC@90" in capsys.readouterr().out
+
+
+def test_cli_eval_coco_and_bad_input(tmp_path, data_dir, ref_checkpoint):
+    t = data_dir / "coco_tiny"
+    out = tmp_path / "r.json"
+    assert main(["eval", "interactive", "--coco", str(t / "annotations" / "instances_val2017.json"), "--images",
+                 str(t / "val2017"), "--limit", "1", "--max-clicks", "2", "--long-side", "160", "--method", "grabcut",
+                 "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["objects"] == 1
+    assert main(["eval", "interactive", "--images", str(tmp_path), "--masks", str(tmp_path), "--output", str(out)]) == 2
+    assert main(["eval", "interactive", "--images", str(t / "val2017"), "--masks", str(t / "val2017"), "--match", "(",
+                 "--output", str(out)]) == 2

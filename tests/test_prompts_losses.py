@@ -1,0 +1,105 @@
+"""Prompt simulation and losses of SAM training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segany.train.data import IGNORE
+from segany.train.losses import interactive_loss, mask_iou
+from segany.train.prompts import (
+    FIRST,
+    MASK,
+    POINT,
+    error_points,
+    foreground_points,
+    interaction_schedule,
+    mask_boxes,
+    noisy_boxes,
+)
+
+
+def test_schedule_is_11_iterations_with_two_mask_rounds():
+    seen_positions = set()
+    for seed in range(50):
+        s = interaction_schedule(np.random.default_rng(seed))
+        assert len(s) == 11 and s[0] == FIRST and s[-1] == MASK
+        assert s.count(POINT) == 8 and s.count(MASK) == 2
+        seen_positions.add(s.index(MASK))
+    assert len(seen_positions) > 4  # the first mask-only round moves around
+
+
+def _blob(h=100, w=120):
+    gt = torch.zeros((2, h, w), dtype=torch.uint8)
+    gt[0, 20:60, 30:90] = 1
+    gt[1, 50:90, 10:40] = 1
+    gt[1, 0:5] = IGNORE
+    return gt
+
+
+def test_foreground_points_lie_on_the_object():
+    gt = _blob()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = foreground_points(gt, rng).long()
+        for b in range(2):
+            assert gt[b, p[b, 1], p[b, 0]] == 1
+
+
+def test_noisy_boxes_noise_scale_and_cap():
+    gt = torch.zeros((1, 600, 600), dtype=torch.uint8)
+    gt[0, 100:500, 200:260] = 1  # 60 wide, 400 tall
+    tight = mask_boxes(gt)[0]
+    assert tight.tolist() == [200, 100, 259, 499]
+    rng = np.random.default_rng(0)
+    d = torch.stack([noisy_boxes(gt, rng)[0] - tight for _ in range(400)])
+    assert d.abs().max() <= 20 + 1e-4
+    assert 0.07 * 59 < d[:, 0].std() < 0.13 * 59  # std 10% of the width
+    assert (d[:, 1].abs() == 20).float().mean() > 0.3  # 10% of 399 px is clipped at 20 px often
+
+
+def test_error_points_sign_and_placement():
+    gt = _blob()
+    pred = torch.zeros((2, 100, 120), dtype=torch.bool)
+    pred[0] = gt[0] == 1
+    pred[0, 20:30, 30:90] = False  # false negatives only
+    pred[1] = gt[1] == 1
+    pred[1, 0:5] = True  # only over the ignore band: not an error
+    pred[1, 10:12, 100:110] = True  # false positives
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        c, lab = error_points(pred, gt, rng)
+        x, y = c.long().T
+        assert lab[0] == 1 and gt[0, y[0], x[0]] == 1 and not pred[0, y[0], x[0]]
+        assert lab[1] == 0 and pred[1, y[1], x[1]] and gt[1, y[1], x[1]] == 0
+    c, lab = error_points(gt == 1, gt, rng)
+    assert (lab == -1).all()  # nothing to correct
+
+
+def test_loss_takes_min_of_three_and_trains_iou_on_actual_iou():
+    gt = torch.zeros((1, 64, 64), dtype=torch.uint8)
+    gt[0, 16:48, 16:48] = 1
+    good = torch.where(gt[0] == 1, 10.0, -10.0)
+    bad = -good
+    low = torch.nn.functional.interpolate(torch.stack([bad, good, bad])[None], size=(16, 16), mode="area")
+    out = interactive_loss(low, torch.tensor([[0.0, 1.0, 0.0]]), gt)
+    assert out.chosen.tolist() == [1]
+    assert out.iou.item() > 0.95
+    assert out.iou_mse.item() < 0.01  # predicted IoUs equal the actual ones (~1, 0, 0)
+    single = interactive_loss(low[:, :1], torch.tensor([[0.0]]), gt)
+    assert single.total > 10 * out.total
+
+
+def test_ignore_pixels_do_not_count():
+    gt = torch.zeros((1, 32, 32), dtype=torch.uint8)
+    gt[0, 8:24, 8:24] = 1
+    logits = torch.where(gt == 1, 5.0, -5.0)[:, None].float()
+    logits_wrong = logits.clone()
+    logits_wrong[..., 0:4, :] = 5.0  # wrong, but only where we will ignore
+    gt_ignored = gt.clone()
+    gt_ignored[0, 0:4, :] = IGNORE
+    assert mask_iou(logits_wrong, gt_ignored).item() == pytest.approx(1.0)
+    a = interactive_loss(logits_wrong, torch.ones(1, 1), gt_ignored).total
+    b = interactive_loss(logits, torch.ones(1, 1), gt_ignored).total
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)
