@@ -194,7 +194,7 @@ def decoder_dummy_inputs(model: Sam, num_points: int = 5) -> dict[str, torch.Ten
     generator = torch.Generator().manual_seed(0)
     return {
         "image_embeddings": torch.randn(1, embed_dim, h, w, generator=generator),
-        "point_coords": torch.randint(0, 1024, (1, num_points, 2), generator=generator).float(),
+        "point_coords": torch.randint(0, model.image_encoder.img_size, (1, num_points, 2), generator=generator).float(),
         "point_labels": torch.randint(0, 4, (1, num_points), generator=generator).float(),
         "mask_input": torch.randn(1, 1, mask_h, mask_w, generator=generator),
         "has_mask_input": torch.tensor([1.0]),
@@ -334,12 +334,15 @@ def compare_decoders(
     orig_im_size: tuple[int, int] = (480, 640),
     prompts: int = 16,
     seed: int = 0,
+    img_size: int = 1024,
 ) -> QuantizationReport:
     """Run both decoders on ``prompts`` random 1-3 point prompts; IoU of thresholded masks."""
     fp32, int8 = onnx_session(fp32_bytes), onnx_session(int8_bytes)
     rng = np.random.default_rng(seed)
     h, w = orig_im_size
-    scale = 1024 / max(h, w)
+    scale = img_size / max(h, w)
+    # Low-res masks are 4x the embedding grid (256x256 for the official 64x64 embedding).
+    mask_size = (4 * image_embeddings.shape[-2], 4 * image_embeddings.shape[-1])
     ious, score_diffs = [], []
     for _ in range(prompts):
         n = int(rng.integers(1, 4))
@@ -349,7 +352,7 @@ def compare_decoders(
             "image_embeddings": image_embeddings.astype(np.float32),
             "point_coords": coords,
             "point_labels": labels,
-            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "mask_input": np.zeros((1, 1, *mask_size), np.float32),
             "has_mask_input": np.zeros(1, np.float32),
             "orig_im_size": np.array(orig_im_size, np.float32),
         }
@@ -389,7 +392,7 @@ def export_onnx(
         int8 = quantize_onnx(fp32)
         if image_embeddings is None:
             image_embeddings = decoder_dummy_inputs(model)["image_embeddings"].numpy()
-        report = compare_decoders(fp32, int8, image_embeddings)
+        report = compare_decoders(fp32, int8, image_embeddings, img_size=model.image_encoder.img_size)
         atomic_write_bytes(output, int8)
     else:
         atomic_write_bytes(output, fp32)

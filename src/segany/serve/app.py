@@ -168,7 +168,7 @@ class MaskPrompt(BaseModel):
     """A mask prompt: either a binary mask at the image size, or low-res logits of a previous answer."""
 
     rle: RLE | None = None
-    logits: str | None = Field(None, description="base64 of 256*256 float32 logits (low_res_logits of a response)")
+    logits: str | None = Field(None, description="base64 of the low_res_logits of a response (float32; 256*256 for official models)")
 
 
 class SegmentRequest(BaseModel):
@@ -354,15 +354,18 @@ class SegmentService:
                 raw = base64.b64decode(prompt.logits, validate=True)
             except ValueError:
                 raise ApiError(422, "mask_input.logits is not valid base64") from None
-            if len(raw) != 256 * 256 * 4:
-                raise ApiError(422, f"mask_input.logits must be 256*256 float32 ({256 * 256 * 4} bytes), got {len(raw)}")
-            return np.frombuffer(raw, dtype="<f4").reshape(1, 256, 256).astype(np.float32)
+            mh, mw = predictor.model.prompt_encoder.mask_input_size
+            if len(raw) != mh * mw * 4:
+                raise ApiError(422, f"mask_input.logits must be {mh}*{mw} float32 ({mh * mw * 4} bytes), got {len(raw)}")
+            return np.frombuffer(raw, dtype="<f4").reshape(1, mh, mw).astype(np.float32)
         mask = _decode_rle_checked(prompt.rle, size, "mask_input.rle")
         # A binary mask becomes logits in the model's padded low-res frame: +/-10 inside/outside.
         resized = predictor.transform.apply_image(np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2))[..., 0]
-        padded = np.zeros((1024, 1024), dtype=np.float32)
+        img_size = predictor.model.image_encoder.img_size
+        mh, mw = predictor.model.prompt_encoder.mask_input_size
+        padded = np.zeros((img_size, img_size), dtype=np.float32)
         padded[: resized.shape[0], : resized.shape[1]] = resized / 255.0
-        low = np.asarray(Image.fromarray(padded).resize((256, 256), Image.BILINEAR))
+        low = np.asarray(Image.fromarray(padded).resize((mw, mh), Image.BILINEAR))
         return ((low > 0.5).astype(np.float32) * 20.0 - 10.0)[None]
 
     # annotations

@@ -91,7 +91,6 @@ export class WasmDecoder {
     this.variant = variant;
     this.name = "browser (WASM)";
     this.embedding = null;
-    this.noMask = new ort.Tensor("float32", new Float32Array(256 * 256), [1, 1, 256, 256]);
     this.hasMask = new ort.Tensor("float32", new Float32Array([0]), [1]);
   }
 
@@ -101,6 +100,9 @@ export class WasmDecoder {
     const shape = response.headers.get("X-Embedding-Shape").split(",").map(Number);
     const data = new Float32Array(await response.arrayBuffer());
     this.embedding = new this.ort.Tensor("float32", data, shape);
+    // Low-res masks are 4x the embedding grid: 256x256 for official models, smaller for tiny ones.
+    this.lowSize = 4 * shape[2];
+    this.noMask = new this.ort.Tensor("float32", new Float32Array(this.lowSize * this.lowSize), [1, 1, this.lowSize, this.lowSize]);
     this.size = [info.height, info.width];
     this.imgSize = info.img_size;
     this.scale = info.img_size / Math.max(info.height, info.width);
@@ -156,7 +158,8 @@ export class WasmDecoder {
         mask = new Uint8Array(h * w);
         for (let i = 0; i < h * w; i++) mask[i] = logits[i] > 0 ? 1 : 0;
       }
-      const low = out.low_res_masks.data.slice(m * 65536, (m + 1) * 65536);
+      const area = this.lowSize * this.lowSize;
+      const low = out.low_res_masks.data.slice(m * area, (m + 1) * area);
       const dec = this;
       masks.push({
         score: scores[m],
@@ -164,7 +167,7 @@ export class WasmDecoder {
         low,
         get mask() {
           // Upsampled on first use: a click shows one mask, the thumbnails come after the paint.
-          if (!mask) mask = upsampleMask(low, 256, dec.imgSize, dec.inputSize, dec.size);
+          if (!mask) mask = upsampleMask(low, dec.lowSize, dec.imgSize, dec.inputSize, dec.size);
           return mask;
         },
       });
