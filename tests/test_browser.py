@@ -114,3 +114,35 @@ def test_click_draws_mask_and_export_decodes_to_it(server_url, ref_model, coco_p
     assert np.array_equal(cut[..., 3] > 0, crop)
     photo = read_image(coco_photo)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     assert np.abs(cut[..., :3][crop].astype(int) - photo[crop]).mean() < 3  # JPEG decoders differ slightly
+
+
+@pytest.fixture(scope="module")
+def default_server_url():
+    _require_browser()
+    from segany import load_default_model
+
+    with BackgroundServer(create_app(load_default_model())) as url:
+        yield url
+
+
+def test_default_model_decodes_in_the_browser(default_server_url, coco_photo, tmp_path):
+    """The shipped model has a 16x16 embedding (64x64 low-res masks): the WASM path must follow it."""
+    from segany import load_default_model
+
+    proc = subprocess.run(
+        ["node", str(REPO / "tests/browser/annotate.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path), "0.47", "0.42"],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result.get("error")
+    assert result["decoder"] == "wasm"
+    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+    h, w = result["size"]
+    page_mask = np.array(json.loads((tmp_path / "mask.json").read_text()), dtype=bool).reshape(h, w)
+    predictor = SamPredictor(load_default_model())
+    predictor.set_image(read_image(coco_photo))
+    masks, scores, _ = predictor.predict(np.array([result["imageXY"]]), np.array([1]), multimask_output=True)
+    best = masks[int(np.argmax(scores))]
+    assert best.any()
+    assert iou(page_mask, best) > 0.98
