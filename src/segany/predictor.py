@@ -26,11 +26,36 @@ class ImageEmbedding:
     input_size: tuple[int, int]  # (h, w) after resizing to the long side
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    """Embed an image once, then answer prompts.
+
+    precision: how the image encoder runs. "fp32" (default) matches the official outputs to 1e-4;
+    "bf16" runs it under bfloat16 autocast (CPU or GPU); "int8" (CPU only) uses a dynamically
+    quantized int8 copy of its linear layers, with bfloat16 attention. The prompt encoder and mask
+    decoder always run in fp32. compile: wrap the encoder in ``torch.compile`` (slow first call).
+    """
+
+    def __init__(self, sam_model: Sam, precision: str = "fp32", compile: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = sam_model
+        self.precision = precision
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._encoder = _fast_encoder(sam_model.image_encoder, precision)
+        if compile:
+            self._encoder = torch.compile(self._encoder)
         self.reset_image()
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> (B, 256, 64, 64) fp32 embeddings."""
+        if self.precision == "fp32":
+            return self._encoder(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            features = self._encoder(images)
+        return features.float()
 
     # -- images -----------------------------------------------------------------------------
 
@@ -65,7 +90,7 @@ class SamPredictor:
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
         input_image = self.model.preprocess(transformed_image)
-        self.features = self.model.image_encoder(input_image)
+        self.features = self._encode(input_image)
         self.is_image_set = True
 
     @torch.no_grad()
@@ -78,7 +103,7 @@ class SamPredictor:
             chunk = images[start : start + batch_size]
             prepared = [self._prepare_image(im, image_format) for im in chunk]
             batch = torch.cat([self.model.preprocess(p) for p in prepared], dim=0)
-            features = self.model.image_encoder(batch)
+            features = self._encode(batch)
             for im, p, f in zip(chunk, prepared, features):
                 out.append(ImageEmbedding(f[None], tuple(im.shape[:2]), tuple(p.shape[-2:])))
         return out
@@ -106,6 +131,13 @@ class SamPredictor:
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size = None
         self.input_size = None
+        self._dense_pe = None
+
+    def _image_pe(self) -> torch.Tensor:
+        # Depends only on the prompt encoder: computed once per image instead of once per prompt.
+        if self._dense_pe is None:
+            self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     @property
     def device(self) -> torch.device:
@@ -172,7 +204,7 @@ class SamPredictor:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res_masks, iou_predictions = self.model.mask_decoder(
             image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self._image_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
@@ -216,3 +248,13 @@ class SamPredictor:
             mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
         masks, iou, low_res = self.predict_torch(coords, labels, box_t, mask_t, multimask_output, return_logits)
         return masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
+
+
+def _fast_encoder(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The encoder module to run for a precision: the model's own, or an int8 copy of it."""
+    if precision != "int8":
+        return encoder
+    if encoder.pos_embed is not None and encoder.pos_embed.device.type != "cpu":
+        raise ValueError("precision='int8' runs on CPU only; use 'bf16' on GPU")
+    # Dynamic quantization replaces modules; inplace=False quantizes a copy, leaving the model as is.
+    return torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
