@@ -110,8 +110,10 @@ def bench_encoder(
         off = _official_predictor(official)
         fns["official_fp32"] = lambda: off.set_image(image)
 
+        device_type = next(official.parameters()).device.type
+
         def official_bf16() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device_type, dtype=torch.bfloat16):
                 off.set_image(image)
 
         fns["official_bf16_autocast"] = official_bf16

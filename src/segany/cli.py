@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "segany.commands.segment",
     "segany.commands.info",
     "segany.commands.download",
+    "segany.commands.bench",
 )
 
 

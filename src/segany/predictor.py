@@ -7,6 +7,7 @@ in one call (:meth:`SamPredictor.predict_batch`) and embeds batches of images
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -257,4 +258,8 @@ def _fast_encoder(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
     if encoder.pos_embed is not None and encoder.pos_embed.device.type != "cpu":
         raise ValueError("precision='int8' runs on CPU only; use 'bf16' on GPU")
     # Dynamic quantization replaces modules; inplace=False quantizes a copy, leaving the model as is.
-    return torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    # (torch.ao's eager quantization warns that it is deprecated in favour of torchao.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)

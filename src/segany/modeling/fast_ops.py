@@ -37,11 +37,15 @@ def _check_onednn_linear() -> bool:
         if _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
             try:
                 gen = torch.Generator().manual_seed(0)
+                no_autocast = torch.autocast("cpu", enabled=False)
+                no_autocast.__enter__()
                 x, w, b = (torch.randn(s, generator=gen) for s in ((3, 5, 16), (8, 16), (8,)))
                 got = _ONEDNN_LINEAR(x, w, b, "gelu", [], "none")
                 _onednn_linear_ok = bool(torch.allclose(got, F.gelu(F.linear(x, w, b)), atol=1e-5))
             except (RuntimeError, NotImplementedError):
                 _onednn_linear_ok = False
+            finally:
+                no_autocast.__exit__(None, None, None)
     return _onednn_linear_ok
 
 
@@ -95,11 +99,18 @@ def rel_pos_attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
 
     dtype = _autocast_dtype(q) or q.dtype
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    out = torch.empty(bh, n, v.shape[-1], dtype=dtype, device=q.device)
+    with torch.autocast("cpu", enabled=False):  # explicit dtypes: no casts between the steps
+        return _blockwise_attention(q.to(dtype), k.to(dtype), v.to(dtype), rel_h.to(dtype), rel_w.to(dtype), scale)
+
+
+def _blockwise_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, scale: float
+) -> torch.Tensor:
+    bh, n, _ = q.shape
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
     q_scaled = q * scale
-    k_t = k.transpose(1, 2)
-    rel_h, rel_w = rel_h.to(dtype), rel_w.to(dtype)
+    k_t = k.transpose(1, 2).contiguous()
     groups = max(1, ATTENTION_CHUNK_ELEMENTS // (n * n))  # many small windows per step
     rows = h if groups > 1 else max(1, ATTENTION_CHUNK_ELEMENTS // (w * n))  # or a few query rows
     for g0 in range(0, bh, groups):
