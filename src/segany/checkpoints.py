@@ -291,11 +291,13 @@ def download_checkpoint(
     model_type: str,
     directory: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
-    opener: Callable[..., object] = urllib.request.urlopen,
+    opener: Callable[..., object] | None = None,
     timeout: float = 30.0,
 ) -> Path:
     """Fetch an official checkpoint into the cache, resuming a partial ``.part`` file, then verify
-    its sha256. A file already present and verified is returned without any network access."""
+    its sha256. A file already present and verified is returned without any network access.
+    ``opener`` defaults to ``urllib.request.urlopen``."""
+    opener = opener or urllib.request.urlopen
     if model_type not in OFFICIAL_CHECKPOINTS:
         raise DownloadError(f"unknown model {model_type!r}; choose one of {sorted(OFFICIAL_CHECKPOINTS)}")
     spec = OFFICIAL_CHECKPOINTS[model_type]

@@ -12,6 +12,8 @@ COMMAND_MODULES = (
     "segany.commands.segment",
     "segany.commands.info",
     "segany.commands.download",
+    "segany.commands.export_onnx",
+    "segany.commands.serve",
     "segany.commands.bench",
 )
 

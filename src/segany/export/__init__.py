@@ -1,0 +1,1 @@
+"""Exporters of segany models to other runtimes."""

@@ -1,0 +1,1 @@
+"""The annotation server and browser tool (``segany serve``); needs the ``serve`` extra."""

@@ -1,0 +1,116 @@
+"""The annotation page in a real browser: headless Debian chromium driven by playwright-core.
+
+Loads the page, uploads a real photo, clicks on an object, checks on screenshots that the mask is
+drawn where the page says it is, and that the exported COCO annotations decode to that mask, which
+in turn agrees with PyTorch on the server. Runs with the WASM decoder and with the server fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from segany import SamPredictor  # noqa: E402
+from segany.io import read_image  # noqa: E402
+from segany.masks import decode_rle  # noqa: E402
+from segany.serve.app import ORT_DIR, ORT_FILES, BackgroundServer, create_app  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _require_browser() -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed (apt-get install -y nodejs npm; .ci/run does)")
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install -y chromium; .ci/run does)")
+    if not (REPO / "web" / "node_modules" / "playwright-core").exists():
+        pytest.skip("playwright-core is not installed (cd web && npm ci; .ci/run does)")
+    if not all((ORT_DIR / f).exists() for f in ORT_FILES):
+        pytest.skip("onnxruntime-web assets are not vendored (python scripts/vendor_web_assets.py; .ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def server_url(ref_model):
+    _require_browser()
+    with BackgroundServer(create_app(ref_model)) as url:
+        yield url
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
+
+
+@pytest.mark.parametrize("decoder", ["wasm", "server"])
+def test_click_draws_mask_and_export_decodes_to_it(server_url, ref_model, coco_photo, tmp_path, decoder):
+    url = server_url + ("/?decoder=server" if decoder == "server" else "/")
+    proc = subprocess.run(
+        ["node", str(REPO / "tests/browser/annotate.mjs"), url, str(coco_photo), str(tmp_path), "0.47", "0.42"],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result.get("error")
+    assert result["decoder"] == decoder
+    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+
+    h, w = result["size"]
+    page_mask = np.array(json.loads((tmp_path / "mask.json").read_text()), dtype=bool).reshape(h, w)
+    assert 0 < page_mask.sum() < h * w
+
+    # The exported COCO JSON (downloaded through the UI) decodes to exactly the mask on the page.
+    coco = json.loads((tmp_path / "export_coco.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["thing"]
+    (ann,) = coco["annotations"]
+    assert np.array_equal(decode_rle(ann["segmentation"]), page_mask)
+
+    # That mask is the model's answer: the same click through PyTorch on the server.
+    predictor = SamPredictor(ref_model)
+    predictor.set_image(read_image(coco_photo))
+    x, y = result["imageXY"]
+    masks, scores, _ = predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
+    assert iou(page_mask, masks[int(np.argmax(scores))]) > 0.99
+
+    # Pixel check on screenshots: the canvas changed where the mask is, and (almost) only there.
+    before = np.asarray(Image.open(tmp_path / "before.png").convert("RGB"), dtype=np.int16)
+    after = np.asarray(Image.open(tmp_path / "after.png").convert("RGB"), dtype=np.int16)
+    assert before.shape == after.shape
+    changed = np.abs(after - before).sum(axis=2) > 30
+    shown = np.asarray(Image.fromarray(page_mask).resize(changed.shape[::-1], Image.NEAREST))
+    assert changed[shown].mean() > 0.9, "most mask pixels are drawn"
+    # Smoothing of the scaled canvas and the outline spill over a pixel or two.
+    near = cv2.dilate(shown.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert near[changed].mean() > 0.98, "little is drawn outside the mask (only the point marker)"
+    assert result["candidates"] == 3
+    assert (result["afterUndo"], result["afterRedo"]) == (0, 1)
+    assert result["editing"] == {"objects": 0, "points": [result["imageXY"]]} and result["afterEdit"] == 1
+
+    # Box drag + shift-click: a box prompt and a background point, answered like PyTorch.
+    prompt = result["boxPrompt"]
+    assert prompt["labels"] == [0] and len(prompt["points"]) == 1 and len(prompt["box"]) == 4
+    box_mask = np.array(json.loads((tmp_path / "mask_box.json").read_text()), dtype=bool).reshape(h, w)
+    single, _, _ = predictor.predict(np.array(prompt["points"]), np.array([0]), np.array(prompt["box"]), multimask_output=False)
+    assert iou(box_mask, single[0]) > 0.99
+    # WASM has all four decoder outputs to choose from; the server answers with the single mask.
+    assert result["boxCandidates"] == (4 if decoder == "wasm" else 1)
+    assert result["chosen"] == (1 if decoder == "wasm" else 0)
+
+    # The cut-out is the chosen mask's bounding box of the photo, transparent outside the mask.
+    chosen = np.array(json.loads((tmp_path / "mask_chosen.json").read_text()), dtype=bool).reshape(h, w)
+    cut = np.asarray(Image.open(tmp_path / "cutout.png"))
+    ys, xs = np.nonzero(chosen)
+    crop = chosen[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert cut.shape == (*crop.shape, 4)
+    assert np.array_equal(cut[..., 3] > 0, crop)
+    photo = read_image(coco_photo)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert np.abs(cut[..., :3][crop].astype(int) - photo[crop]).mean() < 3  # JPEG decoders differ slightly
