@@ -20,7 +20,14 @@ _onednn_linear_ok: bool | None = None  # decided on first use by comparing with 
 ATTENTION_CHUNK_ELEMENTS = 1 << 20
 
 
+def plain_pytorch() -> bool:
+    """True while tracing, exporting or compiling: graphs need the plain ops, not these kernels."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def _inference_only(*tensors: torch.Tensor) -> bool:
+    if plain_pytorch():
+        return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_ops import plain_pytorch
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -103,7 +104,7 @@ class Sam(nn.Module):
         """
         size = self.image_encoder.img_size
         h, w = int(original_size[0]), int(original_size[1])
-        if torch.is_grad_enabled() and masks.requires_grad or h * w > MATMUL_RESIZE_MAX_PIXELS:
+        if (torch.is_grad_enabled() and masks.requires_grad) or h * w > MATMUL_RESIZE_MAX_PIXELS or plain_pytorch():
             masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
             masks = masks[..., : input_size[0], : input_size[1]]
             return F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
