@@ -28,6 +28,9 @@ class ImageEmbedding:
 
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# Prompts per mask-decoder pass on CPU: each prompt carries (64*64, 256) image activations; a few
+# at a time stay in cache, many at once are slower per prompt than one by one.
+DECODER_CHUNK = 4
 
 
 class SamPredictor:
@@ -201,6 +204,28 @@ class SamPredictor:
         """Batched prompts already in the resized frame: coords (B, N, 2), labels (B, N), boxes (B, 4),
         mask_input (B, 1, 256, 256). Returns masks (B, C, H, W), IoU (B, C), logits (B, C, 256, 256)."""
         self._require_image()
+        inputs = (point_coords, point_labels, boxes, mask_input)
+        batch = next((t.shape[0] for t in inputs if t is not None), 1)
+        chunk = DECODER_CHUNK if self.device.type == "cpu" else batch
+        if batch > chunk:
+            parts = [
+                self._predict_chunk(
+                    *(t[i : i + chunk] if t is not None else None for t in inputs), multimask_output, return_logits
+                )
+                for i in range(0, batch, chunk)
+            ]
+            return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
+        return self._predict_chunk(*inputs, multimask_output, return_logits)
+
+    def _predict_chunk(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res_masks, iou_predictions = self.model.mask_decoder(
