@@ -145,3 +145,23 @@ def test_compiled_encoder_matches_eager(ref_model, reference_arrays, fp32_predic
     ref = fp32_predictor.get_image_embedding()
     rel = (compiled.get_image_embedding() - ref).abs().max() / ref.abs().max()
     assert rel < 1e-4
+
+
+def test_bench_command_prints_a_table(ref_checkpoint, capsys):
+    from segany.cli import main
+
+    argv = ["bench", "--checkpoint", str(ref_checkpoint), "--step", "decoder", "--prompts", "5"]
+    assert main(argv + ["--repeats", "1", "--no-official"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("segany bench: custom, ") and "official package off" in out[0]
+    assert out[1].split() == ["step", "segany", "official", "speed-up"]
+    per_prompt = next(line for line in out if line.startswith("predict, per prompt"))
+    assert float(per_prompt.split()[3]) > 0 and per_prompt.split()[-1] == "-"
+    assert any(line.startswith("5 prompts: predict_batch vs 5 calls") for line in out)
+
+
+def test_bench_command_rejects_bad_numbers(ref_checkpoint, capsys):
+    from segany.cli import main
+
+    assert main(["bench", "--checkpoint", str(ref_checkpoint), "--repeats", "0"]) == 2
+    assert "--repeats and --prompts must be at least 1" in capsys.readouterr().err

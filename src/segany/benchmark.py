@@ -43,7 +43,10 @@ def paired_models(
     if checkpoint is not None:
         from .checkpoints import load_model
 
-        ours = load_model(checkpoint, config=model_type)
+        ours = load_model(checkpoint)  # architecture inferred from the tensors
+        model_type = ours.config.name
+        if model_type not in ("vit_b", "vit_l", "vit_h"):
+            official = None  # the official registry only builds its three sizes
     else:
         ours = build_sam(model_type)
     other = None

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Weights are random (official layout) unless --checkpoint is given; the official package, "
         "when importable, gets the same weights and images, and calls alternate so load hits both alike.",
     )
-    p.add_argument("--model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="architecture")
+    p.add_argument("--model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="architecture of the random weights (ignored with --checkpoint)")
     p.add_argument("--checkpoint", metavar="PATH", help="weights (default: random, same for both packages)")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="image(s) (default: a synthetic 640x480)")
     p.add_argument("--step", nargs="+", default=list(STEPS), choices=STEPS, help="what to time")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     images = [read_image(path) for path in args.image] or [synthetic_image()]
     model, official = benchmark.paired_models(args.model_type, args.checkpoint, not args.no_official)
-    results: dict = {"model_type": args.model_type, "weights": args.checkpoint or "random"}
+    results: dict = {"model_type": model.config.name, "weights": args.checkpoint or "random"}
     if "encoder" in args.step:
         results["encoder"] = benchmark.bench_encoder(model, official, images, args.precision, args.repeats)
     if "decoder" in args.step:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     env = results["environment"]
     print(
-        f"segany bench: {args.model_type}, {results['weights']} weights, torch {env['torch']}, "
+        f"segany bench: {results['model_type']}, {results['weights']} weights, torch {env['torch']}, "
         f"{env['threads']} threads, official package {'on' if official is not None else 'off'}"
     )
     print(f"{'step':34s} {'segany':>12s} {'official':>12s} {'speed-up':>9s}")
