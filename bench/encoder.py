@@ -26,7 +26,8 @@ def main() -> None:
     result.update(benchmark.bench_encoder(model, official, images, args.precisions, args.repeats))
     if args.memory:
         del model, official
-        result["memory"] = [benchmark.peak_rss_encode("vit_h", p) for p in ("fp32", "bf16")]
+        probes = ["fp32", "bf16"] + (["official"] if benchmark.official_package() and not args.no_official else [])
+        result["memory"] = [benchmark.peak_rss_encode("vit_h", p) for p in probes]
     _common.emit(result, args)
 
 

@@ -226,10 +226,16 @@ def bench_decoder(
 
 _RSS_SCRIPT = """
 import resource, sys, time, numpy as np, torch
-from segany import build_sam, SamPredictor
-model = build_sam(sys.argv[1])
-rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-predictor = SamPredictor(model, precision=sys.argv[2])
+if sys.argv[2] == "official":
+    from segment_anything import sam_model_registry, SamPredictor
+    model = sam_model_registry[sys.argv[1]]().eval()
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    predictor = SamPredictor(model)
+else:
+    from segany import build_sam, SamPredictor
+    model = build_sam(sys.argv[1])
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    predictor = SamPredictor(model, precision=sys.argv[2])
 image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
 start = time.perf_counter()
 with torch.inference_mode():
@@ -242,7 +248,7 @@ print(f"{rss_model} {rss} {seconds}")
 
 def peak_rss_encode(model_type: str = "vit_h", precision: str = "fp32") -> dict[str, Any]:
     """Peak resident memory of a fresh process that builds a random-weight model and encodes one
-    1024x768 image (Linux ru_maxrss, KiB -> MiB)."""
+    1024x768 image (Linux ru_maxrss, KiB -> MiB). precision "official": the official package."""
     env = dict(os.environ)
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
