@@ -59,16 +59,30 @@ def paired_models(
     return ours.eval(), other
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times of each function over ``repeats`` round-robin rounds, after ``warmup`` rounds."""
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """Wall times of each function over ``repeats`` round-robin rounds, after ``warmup`` rounds.
+    ``cpu`` collects this process's CPU seconds per call too (steadier than wall time on a
+    machine shared with other jobs, when the thread count is 1)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_index in range(warmup + repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(time.process_time() - start_cpu)
     return times
+
+
+def _cpu_summary(cpu: dict[str, list[float]], base: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"median_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()}}
+    if base in cpu:
+        ref = statistics.median(cpu[base])
+        out["cpu_speedup"] = {k: round(ref / statistics.median(v), 2) for k, v in cpu.items() if k != base}
+    return out
 
 
 def summary(times: Sequence[float]) -> dict[str, Any]:
@@ -122,9 +136,11 @@ def bench_encoder(
         fns["official_bf16_autocast"] = official_bf16
     for p, pred in predictors.items():
         fns[f"segany_{p}"] = lambda pred=pred: pred.set_image(image)
+    cpu: dict[str, list[float]] = {}
     with torch.inference_mode():
-        times = interleaved(fns, repeats)
+        times = interleaved(fns, repeats, cpu=cpu)
     result: dict[str, Any] = {"image_shape": list(image.shape), "times": {k: summary(v) for k, v in times.items()}}
+    result["cpu_time"] = _cpu_summary(cpu, "official_fp32")
     if official is not None:
         base = statistics.median(times["official_fp32"])
         result["speedup_vs_official_fp32"] = {
@@ -211,9 +227,11 @@ def bench_decoder(
         }
     fns["segany_predict_each"] = ours_each
     fns["segany_predict_batch"] = lambda: ours.predict_batch(points[:, None], np.ones((len(points), 1)))
+    cpu: dict[str, list[float]] = {}
     with torch.inference_mode():
-        times = interleaved(fns, repeats)
+        times = interleaved(fns, repeats, cpu=cpu)
     result["times"] = {k: summary(v) for k, v in times.items()}
+    result["cpu_time"] = _cpu_summary(cpu, "official_predict_each")
     n = len(points)
     result["per_prompt_ms"] = {k: round(1000 * statistics.median(v) / n, 2) for k, v in times.items()}
     if official is not None:
