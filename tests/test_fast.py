@@ -17,9 +17,9 @@ from segany.modeling.image_encoder import decomposed_rel_pos_bias, decomposed_re
 POINT_CASES = ["img0_point1", "img0_points_pos_neg", "img0_box", "img1_point1", "img1_points_pos_neg", "img1_box"]
 
 
-@pytest.mark.parametrize(("size", "heads", "chunk"), [((64, 64), 3, 1 << 14), ((14, 14), 50, 1 << 16), ((9, 12), 2, 300)])
+@pytest.mark.parametrize(("size", "heads", "chunk"), [((64, 64), 3, 1 << 14), ((14, 14), 50, 1 << 18), ((9, 12), 2, 300)])
 def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, size, heads, chunk):
-    """Global (query-row blocks), windowed (window groups) and non-square grids, small chunks."""
+    """Global (query-row blocks), windowed (groups of windows) and non-square grids, small chunks."""
     monkeypatch.setattr(fast_ops, "ATTENTION_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(0)
     n, dim = size[0] * size[1], 16
