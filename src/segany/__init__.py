@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from .automatic import SamAutomaticMaskGenerator
 from .checkpoints import CheckpointError, download_checkpoint, load_model, save_model
 from .modeling import CONFIGS, Sam, SamConfig, build_sam
 from .predictor import ImageEmbedding, SamPredictor
@@ -36,6 +37,7 @@ __all__ = [
     "ImageEmbedding",
     "ResizeLongestSide",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
     "build_sam",

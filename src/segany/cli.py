@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "segany.commands.download",
     "segany.commands.export_onnx",
     "segany.commands.serve",
+    "segany.commands.everything",
     "segany.commands.bench",
 )
 

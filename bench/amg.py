@@ -1,0 +1,207 @@
+"""Automatic mask generation: segany vs. the official segment-anything, side by side.
+
+Runs ``SamAutomaticMaskGenerator.generate`` of both packages on the same weights and image in one
+process, checks that the outputs are the same masks (one-to-one matching at mask IoU >= 0.99),
+and prints one JSON object with wall and CPU times and the speed-up. The official package is
+only imported when installed (``pip install -e ".[bench]"``); without it only segany is timed.
+
+    PYTHONPATH=$PWD/src python bench/amg.py                       # fixture model, img0, 32x32 points
+    PYTHONPATH=$PWD/src python bench/amg.py --random-vit-b --image photo.jpg
+    PYTHONPATH=$PWD/src python bench/amg.py --config permissive --points-per-side 16
+
+Weights: ``--checkpoint`` (any official-layout SAM checkpoint; default the test fixture
+``ref_small.pth``, a small random-weight ViT whose decoder is the full SAM decoder), or
+``--random-vit-b``: a random-init ViT-B whose hypernetwork outputs are scaled x300 and IoU head
+x20 (+0.8 bias) like the fixture, so that the filters act on its masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "fixtures" / "reference_sam"
+
+CONFIGS = {
+    # The official defaults (tuned for ViT-H).
+    "default": {},
+    # Loose filters so that many masks reach NMS and the post-processing is exercised.
+    "permissive": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0},
+    # The filters of the fixture's "nms_off" run: hundreds of masks reach the output.
+    "nms_off": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
+    # Crops and small-region clean-up.
+    "crops": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "crop_n_layers": 1,
+              "crop_n_points_downscale_factor": 2, "min_mask_region_area": 100},
+}
+
+
+def load_weights(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str]:
+    from segany.checkpoints import read_checkpoint
+    from segany.modeling import build_sam
+
+    if args.random_vit_b:
+        torch.manual_seed(0)
+        model = build_sam("vit_b")
+        decoder = model.mask_decoder
+        with torch.no_grad():
+            for mlp in decoder.output_hypernetworks_mlps:
+                mlp.layers[-1].weight.mul_(300)
+                mlp.layers[-1].bias.mul_(300)
+            decoder.iou_prediction_head.layers[-1].weight.mul_(20)
+            decoder.iou_prediction_head.layers[-1].bias.mul_(20).add_(0.8)
+        return {k: v.clone() for k, v in model.state_dict().items()}, "random vit_b (seed 0, decoder outputs scaled)"
+    state, _ = read_checkpoint(args.checkpoint)
+    return state, str(args.checkpoint)
+
+
+def load_image(args: argparse.Namespace) -> tuple[np.ndarray, str]:
+    if args.image:
+        from segany.io import read_image
+
+        return read_image(args.image), str(args.image)
+    arrays = np.load(REFERENCE / "predictor_arrays.npz")
+    return arrays["img0"], "fixture img0 (coco_tiny val2017 000000005001.jpg)"
+
+
+def build_ours(state):
+    from segany.checkpoints import infer_config, load_state_dict_strict
+    from segany.modeling import build_sam
+
+    config = infer_config(state)
+    model = build_sam(config)
+    load_state_dict_strict(model, state)
+    return model.eval(), config
+
+
+def build_official(state, config):
+    build = importlib.import_module("segment_anything.build_sam")
+    model = build._build_sam(
+        encoder_embed_dim=config.encoder_embed_dim,
+        encoder_depth=config.encoder_depth,
+        encoder_num_heads=config.encoder_num_heads,
+        encoder_global_attn_indexes=list(config.encoder_global_attn_indexes),
+        checkpoint=None,
+    )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def match_masks(ours: list[dict], official: list[dict], min_iou: float = 0.99) -> dict:
+    """One-to-one matching of COCO-RLE masks at mask IoU >= min_iou (pycocotools IoU on the runs).
+
+    Each official mask is compared first with ours at the same position (both sort by predicted
+    IoU), and only searched among all of ours when that fails.
+    """
+    from pycocotools import mask as mask_utils
+
+    def rle(record):
+        return {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode("ascii")}
+
+    ours_rle = [rle(r) for r in ours]
+    pairs, taken, worst = [], set(), 1.0
+    for j, record in enumerate(official):
+        target = [rle(record)]
+        if j < len(ours) and j not in taken:
+            iou = float(mask_utils.iou([ours_rle[j]], target, [0])[0][0])
+            if iou >= min_iou:
+                pairs.append((j, j))
+                taken.add(j)
+                worst = min(worst, iou)
+                continue
+        ious = np.asarray(mask_utils.iou(ours_rle, target, [0])).ravel() if ours_rle else np.zeros(0)
+        for i in np.argsort(-ious):
+            if ious[i] < min_iou:
+                break
+            if int(i) not in taken:
+                pairs.append((int(i), j))
+                taken.add(int(i))
+                worst = min(worst, float(ious[i]))
+                break
+    field_diff = {}
+    for key in ("predicted_iou", "stability_score", "area"):
+        field_diff[key] = max((abs(ours[i][key] - official[j][key]) for i, j in pairs), default=0.0)
+    for key in ("bbox", "crop_box", "point_coords"):
+        field_diff[key] = max(
+            (float(np.abs(np.array(ours[i][key], float) - np.array(official[j][key], float)).max()) for i, j in pairs),
+            default=0.0,
+        )
+    return {
+        "matched": len(pairs),
+        "official": len(official),
+        "ours": len(ours),
+        "same_position": sum(i == j for i, j in pairs),
+        "min_matched_iou": worst if pairs else None,
+        "max_field_diff": field_diff,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(REFERENCE / "ref_small.pth"))
+    parser.add_argument("--random-vit-b", action="store_true", help="random ViT-B weights (see above)")
+    parser.add_argument("--image", help="an image file (default: the fixture's img0, 640x480)")
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-official", action="store_true")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    from segany.automatic import SamAutomaticMaskGenerator
+
+    state, weights = load_weights(args)
+    image, image_name = load_image(args)
+    params = {"points_per_side": args.points_per_side, **CONFIGS[args.config], "output_mode": "coco_rle"}
+    ours_model, config = build_ours(state)
+
+    result: dict = {
+        "benchmark": "automatic mask generation, generate() on one image",
+        "weights": weights,
+        "encoder": {"embed_dim": config.encoder_embed_dim, "depth": config.encoder_depth},
+        "image": image_name,
+        "image_size": list(image.shape[:2]),
+        "params": params,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+    }
+    generator = SamAutomaticMaskGenerator(ours_model, **params)
+    ours, wall, cpu = timed(lambda: generator.generate(image))
+    result["segany"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "masks": len(ours)}
+
+    try:
+        official_pkg = importlib.import_module("segment_anything")
+    except ImportError:
+        official_pkg = None
+    if official_pkg is None or args.skip_official:
+        result["official"] = None if official_pkg is None else "skipped"
+    else:
+        official_model = build_official(state, config)
+        official_generator = official_pkg.SamAutomaticMaskGenerator(official_model, **params)
+        official, o_wall, o_cpu = timed(lambda: official_generator.generate(image))
+        result["official"] = {"wall_s": round(o_wall, 2), "cpu_s": round(o_cpu, 2), "masks": len(official)}
+        result["speedup_wall"] = round(o_wall / wall, 2)
+        result["speedup_cpu"] = round(o_cpu / cpu, 2)
+        result["identity"] = match_masks(ours, official)
+    print(json.dumps(result, indent=1))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Automatic mask generation ("segment everything"), drop-in compatible with the official
+``segment_anything.SamAutomaticMaskGenerator``.
+
+A grid of single-point prompts is decoded over the whole image (and optionally over a pyramid
+of overlapping crops); masks are kept when the model's IoU prediction and their stability are
+high enough and they are not cut by a crop edge; duplicates are removed by box NMS within each
+crop, then across crops (smaller crops win), then optionally after small holes and islands are
+cleaned up.
+
+The results are those of the official algorithm, computed differently:
+
+* the decoder runs through :class:`segany.batched_decoder.SharedImageMaskDecoder`, which does
+  the prompt-independent work once per image and folds projections into the few prompt tokens;
+* masks are filtered by predicted IoU *before* their logits are upsampled, and prompts with no
+  surviving mask skip the upscaling convolutions altogether;
+* survivors are upsampled in bounded chunks, scored, boxed and filtered as tensors on the
+  model's device; only their 256x256 logits are kept, and full-size masks are rebuilt once, for
+  the masks that survive NMS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .batched_decoder import SharedImageMaskDecoder
+from .masks import (
+    batched_nms,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    clean_mask,
+    encode_rle_batch,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_areas,
+    masks_to_boxes,
+    masks_to_uncompressed_rle,
+    nms,
+    stability_score,
+)
+from .modeling import Sam
+from .predictor import ImageEmbedding, SamPredictor
+
+OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+# Upsampled logits are produced in chunks of at most this many floats (128 MiB).
+_UPSAMPLE_CHUNK_ELEMENTS = 2**25
+# Prompts sent through the upscaling convolutions at once (~8 MiB of activations per prompt).
+_UPSCALE_CHUNK_PROMPTS = 16
+
+
+@dataclass
+class _CropResult:
+    """Masks kept in one crop, in NMS order. Logits stay low-res until the final masks are built."""
+
+    crop_box: list[int]  # XYXY in the image
+    input_size: tuple[int, int]  # the crop's size after resizing for the encoder
+    low_res_logits: torch.Tensor  # (K, 256, 256)
+    iou_preds: torch.Tensor  # (K,)
+    stability: torch.Tensor  # (K,)
+    boxes: torch.Tensor  # (K, 4) int64 XYXY in the image
+    points: np.ndarray  # (K, 2) float64 (x, y) in the image
+
+
+class SamAutomaticMaskGenerator:
+    """Generates masks for a whole image from a grid of point prompts.
+
+    Arguments are those of the official generator (defaults chosen for SAM ViT-H):
+
+    - ``points_per_side``: grid points per side (``points_per_side**2`` prompts); ``None`` when
+      ``point_grids`` gives the points.
+    - ``points_per_batch``: prompts decoded together (memory vs. speed).
+    - ``pred_iou_thresh``: keep masks whose predicted IoU is above this (0 disables).
+    - ``stability_score_thresh``, ``stability_score_offset``: keep masks whose IoU between the
+      masks thresholded at +/- offset around the mask threshold is at least this (0 disables).
+    - ``box_nms_thresh``: box IoU above which a lower-scoring mask in the same crop is dropped.
+    - ``crop_n_layers``: extra layers of crops; layer i has 2**i x 2**i crops.
+    - ``crop_nms_thresh``: box IoU for removing duplicates between crops (smaller crops win).
+    - ``crop_overlap_ratio``: overlap of layer-1 crops as a fraction of the short image side.
+    - ``crop_n_points_downscale_factor``: layer i uses ``points_per_side / factor**i`` points.
+    - ``point_grids``: explicit (n, 2) grids in [0, 1], one per crop layer.
+    - ``min_mask_region_area``: fill holes and remove islands smaller than this (pixels), then
+      rerun NMS; 0 disables.
+    - ``output_mode``: ``"binary_mask"`` ((H, W) bool arrays), ``"uncompressed_rle"`` or
+      ``"coco_rle"`` (COCO RLE with str counts).
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: OutputMode = "binary_mask",
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"unknown output_mode {output_mode!r}; choose one of {', '.join(OUTPUT_MODES)}")
+        if points_per_batch < 1:
+            raise ValueError("points_per_batch must be >= 1")
+        if crop_n_layers < 0:
+            raise ValueError("crop_n_layers must be >= 0")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError("points_per_side must be >= 1")
+            self.point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        else:
+            self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
+            if len(self.point_grids) < crop_n_layers + 1:
+                raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1})")
+        self.predictor = SamPredictor(model)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        # Encoder outputs of the last image's crops, so that generate() on the same image again
+        # (e.g. with other thresholds set on this object) skips the encoder.
+        self._image_key: tuple | None = None
+        self._embeddings: dict[tuple[int, ...], ImageEmbedding] = {}
+
+    @property
+    def model(self) -> Sam:
+        return self.predictor.model
+
+    # -- public -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Masks for an (H, W, 3) uint8 RGB image, as records with the official fields:
+
+        ``segmentation`` (per ``output_mode``), ``area`` (pixels), ``bbox`` (XYWH),
+        ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box`` (XYWH).
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+        height, width = image.shape[:2]
+        key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
+        if key != self._image_key:
+            self._image_key, self._embeddings = key, {}
+        crop_boxes, layers = generate_crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
+        crops = [self._process_crop(image, box, layer) for box, layer in zip(crop_boxes, layers)]
+
+        # Per mask: which crop, and its row inside that crop's result.
+        crop_of = torch.cat([torch.full((len(c.iou_preds),), i, dtype=torch.int64) for i, c in enumerate(crops)])
+        row_of = torch.cat([torch.arange(len(c.iou_preds)) for c in crops])
+        boxes = torch.cat([c.boxes for c in crops])
+        if len(crops) > 1:
+            # Duplicates between crops: prefer the mask from the smaller crop.
+            areas = torch.tensor([(c.crop_box[2] - c.crop_box[0]) * (c.crop_box[3] - c.crop_box[1]) for c in crops])
+            scores = (1 / areas)[crop_of].to(boxes.device)
+            keep = batched_nms(boxes, scores, None, self.crop_nms_thresh).cpu()
+            crop_of, row_of, boxes = crop_of[keep], row_of[keep], boxes[keep.to(boxes.device)]
+
+        masks = self._full_size_masks(crops, crop_of, row_of, (height, width))
+        iou_preds = torch.cat([c.iou_preds for c in crops])
+        stability = torch.cat([c.stability for c in crops])
+        points = np.concatenate([c.points for c in crops]) if crops else np.zeros((0, 2))
+        flat = self._flat_index(crops, crop_of, row_of)
+        iou_preds, stability = iou_preds[flat.to(iou_preds.device)], stability[flat.to(stability.device)]
+        points = points[flat.numpy()]
+        crop_xyxy = torch.tensor([crops[i].crop_box for i in crop_of.tolist()], dtype=torch.int64).reshape(-1, 4)
+
+        if self.min_mask_region_area > 0 and len(masks) > 0:
+            masks, boxes, keep = self._clean_small_regions(masks)
+            iou_preds, stability = iou_preds[keep.to(iou_preds.device)], stability[keep.to(stability.device)]
+            points, crop_xyxy = points[keep.numpy()], crop_xyxy[keep]
+
+        return self._records(masks, boxes, iou_preds, stability, points, crop_xyxy)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> _CropResult:
+        x0, y0, x1, y1 = crop_box
+        height, width = image.shape[:2]
+        crop = image[y0:y1, x0:x1]
+        crop_size = crop.shape[:2]
+        model, predictor, device = self.model, self.predictor, self.predictor.device
+        cached = self._embeddings.get(tuple(crop_box))
+        if cached is None:
+            predictor.set_image(crop)
+            self._embeddings[tuple(crop_box)] = predictor.get_embedding()
+        else:
+            predictor.set_embedding(cached)
+        decoder = SharedImageMaskDecoder(model, predictor.features)
+        input_size = tuple(predictor.input_size)
+
+        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # (P, 2) float64 (x, y)
+        coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), dtype=torch.float, device=device)
+        offset = torch.tensor([x0, y0, x0, y0], device=device)
+
+        logits_parts, iou_parts, stab_parts, box_parts, point_parts = [], [], [], [], []
+        for start in range(0, len(points), self.points_per_batch):
+            batch = coords[start : start + self.points_per_batch, None, :]
+            labels = torch.ones(batch.shape[:2], dtype=torch.int, device=device)
+            sparse, _ = model.prompt_encoder(points=(batch, labels), boxes=None, masks=None)
+            iou, hyper, image_tokens = decoder.decode_tokens(sparse, multimask_output=True)  # (B, 3)
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+            prompts = keep.any(dim=1).nonzero().squeeze(1)
+            if len(prompts) == 0:
+                continue
+            low_res = torch.cat(
+                [
+                    decoder.upscale_masks(image_tokens[p], hyper[p])
+                    for p in prompts.split(_UPSCALE_CHUNK_PROMPTS)
+                ]
+            )[keep[prompts]]  # (K, 256, 256), prompt-major like the official order
+            del image_tokens
+            iou = iou[prompts][keep[prompts]]
+            prompt_of_mask = (start + prompts).repeat_interleave(keep[prompts].sum(dim=1))
+
+            stab, boxes = self._score_and_box(low_res, input_size, crop_size)
+            ok = torch.ones_like(iou, dtype=torch.bool)
+            if self.stability_score_thresh > 0.0:
+                ok &= stab >= self.stability_score_thresh
+            boxes = boxes + offset
+            # Masks touching a crop edge that is not an image edge were probably cut off.
+            ok &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, width, height])
+            logits_parts.append(low_res[ok])
+            iou_parts.append(iou[ok])
+            stab_parts.append(stab[ok])
+            box_parts.append(boxes[ok])
+            point_parts.append(prompt_of_mask[ok].cpu())
+        predictor.reset_image()
+
+        if logits_parts:
+            low_res, iou, stab, boxes = (torch.cat(p) for p in (logits_parts, iou_parts, stab_parts, box_parts))
+            prompt_of_mask = torch.cat(point_parts)
+        else:
+            size = model.prompt_encoder.mask_input_size
+            low_res = torch.zeros((0, *size), device=device)
+            iou, stab = torch.zeros(0, device=device), torch.zeros(0, device=device)
+            boxes = torch.zeros((0, 4), dtype=torch.int64, device=device)
+            prompt_of_mask = torch.zeros(0, dtype=torch.int64)
+        keep = nms(boxes, iou, self.box_nms_thresh)
+        keep_cpu = keep.cpu()
+        return _CropResult(
+            crop_box=list(crop_box),
+            input_size=input_size,
+            low_res_logits=low_res[keep],
+            iou_preds=iou[keep],
+            stability=stab[keep],
+            boxes=boxes[keep],
+            points=points[prompt_of_mask[keep_cpu].numpy()] + np.array([x0, y0]),
+        )
+
+    def _upsample(self, low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, ...]):
+        """Yield (start, logits) chunks of (k, H, W) logits at ``size`` for (K, 256, 256) low-res logits.
+
+        Same arithmetic as :meth:`Sam.postprocess_masks`, but only the rows and columns of the
+        padded square that survive its crop are upsampled.
+        """
+        img_size = self.model.image_encoder.img_size
+        factor = img_size / low_res.shape[-1]
+        # Output row i reads input rows floor((i + 0.5) / factor - 0.5) and the next one.
+        rows = min(low_res.shape[-2], math.ceil(input_size[0] / factor) + 1)
+        cols = min(low_res.shape[-1], math.ceil(input_size[1] / factor) + 1)
+        chunk = max(1, _UPSAMPLE_CHUNK_ELEMENTS // (int(rows * factor) * int(cols * factor)))
+        for start in range(0, len(low_res), chunk):
+            x = low_res[start : start + chunk, None, :rows, :cols]
+            x = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+            x = x[..., : input_size[0], : input_size[1]]
+            x = F.interpolate(x, tuple(size), mode="bilinear", align_corners=False)
+            yield start, x[:, 0]
+
+    def _score_and_box(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stability scores (K,) and boxes (K, 4) in the crop of the upsampled masks."""
+        threshold = self.model.mask_threshold
+        stab_parts, box_parts = [], []
+        for _, logits in self._upsample(low_res, input_size, crop_size):
+            stab_parts.append(stability_score(logits, threshold, self.stability_score_offset))
+            box_parts.append(masks_to_boxes(logits > threshold))
+        if not stab_parts:
+            return low_res.new_zeros(0), torch.zeros((0, 4), dtype=torch.int64, device=low_res.device)
+        return torch.cat(stab_parts), torch.cat(box_parts)
+
+    @staticmethod
+    def _flat_index(crops: list[_CropResult], crop_of: torch.Tensor, row_of: torch.Tensor) -> torch.Tensor:
+        starts = torch.tensor([0] + [len(c.iou_preds) for c in crops], dtype=torch.int64).cumsum(0)
+        return starts[crop_of] + row_of
+
+    def _full_size_masks(
+        self, crops: list[_CropResult], crop_of: torch.Tensor, row_of: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(M, H, W) bool masks in the image for the kept (crop, row) pairs, in that order."""
+        device = self.predictor.device
+        masks = torch.zeros((len(crop_of), *size), dtype=torch.bool, device=device)
+        for i, crop in enumerate(crops):
+            where = (crop_of == i).nonzero().squeeze(1)
+            if len(where) == 0:
+                continue
+            x0, y0, x1, y1 = crop.crop_box
+            low_res = crop.low_res_logits[row_of[where].to(device)]
+            target = where.to(device)
+            for start, logits in self._upsample(low_res, crop.input_size, (y1 - y0, x1 - x0)):
+                masks[target[start : start + len(logits)], y0:y1, x0:x1] = logits > self.model.mask_threshold
+        return masks
+
+    def _clean_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fill small holes and drop small islands (OpenCV), then rerun NMS preferring masks that
+        needed no change. Returns the kept masks, their boxes and their indices."""
+        cleaned, unchanged = [], []
+        for mask in masks.cpu().numpy():
+            new_mask, changed = clean_mask(mask, self.min_mask_region_area)
+            cleaned.append(new_mask)
+            unchanged.append(not changed)
+        new_masks = torch.as_tensor(np.stack(cleaned), device=masks.device)
+        boxes = masks_to_boxes(new_masks)
+        scores = torch.tensor(unchanged, dtype=torch.float, device=masks.device)
+        keep = nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
+        return new_masks[keep], boxes[keep], keep.cpu()
+
+    def _records(
+        self,
+        masks: torch.Tensor,
+        boxes: torch.Tensor,
+        iou_preds: torch.Tensor,
+        stability: torch.Tensor,
+        points: np.ndarray,
+        crop_boxes: torch.Tensor,
+    ) -> list[dict[str, Any]]:
+        if self.output_mode == "coco_rle":
+            segmentations: list[Any] = encode_rle_batch(masks)
+        elif self.output_mode == "uncompressed_rle":
+            segmentations = masks_to_uncompressed_rle(masks)
+        else:
+            segmentations = list(masks.cpu().numpy())
+        areas = mask_areas(masks).tolist()
+        bboxes = box_xyxy_to_xywh(boxes).tolist()
+        crops = box_xyxy_to_xywh(crop_boxes).tolist()
+        ious = iou_preds.tolist()
+        stabs = stability.tolist()
+        return [
+            {
+                "segmentation": segmentations[i],
+                "area": areas[i],
+                "bbox": bboxes[i],
+                "predicted_iou": ious[i],
+                "point_coords": [points[i].tolist()],
+                "stability_score": stabs[i],
+                "crop_box": crops[i],
+            }
+            for i in range(len(segmentations))
+        ]

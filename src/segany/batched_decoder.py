@@ -1,0 +1,244 @@
+"""SAM's mask decoder for many prompts on one image, without repeating prompt-independent work.
+
+The official decoder copies the image embedding once per prompt and runs every projection on
+each copy. For a grid of hundreds of point prompts on one image (automatic mask generation)
+most of that work is redundant:
+
+* In the first two-way block the image side has not been updated yet, so its key, value and
+  query projections are the same for every prompt: they are computed once per image.
+* Later blocks project 4096 image tokens to attend to ~7 prompt tokens. Folding the projection
+  into the few tokens instead (``(X W^T) q = X (W q)``, and ``softmax(s) (X W^T) = (softmax(s) X) W^T``)
+  costs ``tokens x heads`` columns per image token instead of the projection width.
+* The final token-to-image attention only matters for the IoU token and the mask tokens that
+  are returned.
+* The upscaling convolutions (kernel 2, stride 2) are per-pixel matrix products; they run in a
+  channels-last layout, only for prompts that still have a mask worth keeping.
+
+The results equal :class:`segany.modeling.MaskDecoder` up to float rounding (the sums are
+re-associated); ``tests/test_automatic.py`` checks this against the module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modeling import Sam
+from .modeling.common import LayerNorm2d
+from .modeling.transformer import Attention
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, h*c) -> (B, h, N, c)."""
+    b, n, d = x.shape
+    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, N, c) -> (B, N, h*c)."""
+    b, h, n, c = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * c)
+
+
+def _head_weights(linear: nn.Linear, num_heads: int) -> torch.Tensor:
+    """A projection's weight (h*c, C) split per head: (h, c, C)."""
+    d, c_in = linear.weight.shape
+    return linear.weight.reshape(num_heads, d // num_heads, c_in)
+
+
+class SharedImageMaskDecoder:
+    """Mask decoding of a batch of sparse prompts against one fixed image embedding.
+
+    Build once per image with the encoder features (1, C, H, W); then :meth:`decode_tokens`
+    gives IoU predictions for a batch of prompts cheaply, and :meth:`upscale_masks` the low-res
+    mask logits for the prompts that need them. No dense (mask) prompt: the decoder's
+    no-mask embedding is used, as in automatic mask generation.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: Sam, features: torch.Tensor) -> None:
+        if features.ndim != 4 or features.shape[0] != 1:
+            raise ValueError(f"features must be (1, C, H, W), got {tuple(features.shape)}")
+        self.model = model
+        decoder = model.mask_decoder
+        self.decoder = decoder
+        self.transformer = decoder.transformer
+        upscaling = decoder.output_upscaling
+        if not (
+            len(upscaling) == 5
+            and isinstance(upscaling[0], nn.ConvTranspose2d)
+            and isinstance(upscaling[1], LayerNorm2d)
+            and isinstance(upscaling[3], nn.ConvTranspose2d)
+            and upscaling[0].kernel_size == upscaling[0].stride == (2, 2)
+            and upscaling[3].kernel_size == upscaling[3].stride == (2, 2)
+        ):
+            raise ValueError("unexpected mask decoder upscaling layout")
+
+        _, c, h, w = features.shape
+        self.grid = (h, w)
+        dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        self.src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        self.pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+
+        # First block: the image tokens are the same for every prompt until its last step.
+        first = self.transformer.layers[0]
+        src_pos = self.src + self.pos
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        self.first_k = _heads(t2i.k_proj(src_pos), t2i.num_heads)[0]  # (h, N, c)
+        self.first_v = _heads(t2i.v_proj(self.src), t2i.num_heads)[0]  # (h, N, c)
+        self.first_q = _heads(i2t.q_proj(src_pos), i2t.num_heads)[0]  # (h, N, c)
+
+        # Upscaling convolutions as per-pixel matrices: (C_in, 2*2*C_out), columns ordered (dy, dx, out).
+        conv1, norm, act1, conv2, act2 = upscaling
+        self.up1_w = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)
+        self.up1_b = conv1.bias.repeat(4)
+        self.up_norm = norm
+        self.up_act1, self.up_act2 = act1, act2
+        self.up2_w = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
+        self.up2_b = conv2.bias.repeat(4)
+
+    # -- attention pieces -------------------------------------------------------------------
+
+    @staticmethod
+    def _tokens_to_shared_image(attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Token queries (B, n, C) attending to image keys/values (h, N, c) shared by all prompts."""
+        b, n, _ = q_in.shape
+        q = _heads(attn.q_proj(q_in), attn.num_heads)  # (B, h, n, c)
+        q = q.transpose(0, 1).reshape(attn.num_heads, b * n, -1)  # (h, B*n, c)
+        out = F.scaled_dot_product_attention(q, k, v)  # (h, B*n, c)
+        out = out.reshape(attn.num_heads, b, n, -1).transpose(0, 1)  # (B, h, n, c)
+        return attn.out_proj(_merge_heads(out))
+
+    @staticmethod
+    def _tokens_to_image(
+        attn: Attention, q_in: torch.Tensor, image: torch.Tensor, image_pos: torch.Tensor
+    ) -> torch.Tensor:
+        """Token queries (B, n, C) attending to per-prompt image tokens: keys from ``image_pos``
+        (B, N, C) = image + positional encoding, values from ``image`` (B, N, C)."""
+        b, n, _ = q_in.shape
+        heads = attn.num_heads
+        q = _heads(attn.q_proj(q_in), heads)  # (B, h, n, c)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        # Scores q . (W_k x + b_k): the b_k term is constant over image tokens, so softmax drops it.
+        q_in_image_space = torch.einsum("bhnc,hcd->bhnd", q, _head_weights(attn.k_proj, heads)) * scale
+        scores = q_in_image_space.reshape(b, heads * n, -1) @ image_pos.transpose(1, 2)  # (B, h*n, N)
+        weights = scores.softmax(dim=-1)
+        # softmax(s) (W_v x + b_v) = W_v (softmax(s) x) + b_v since the weights sum to one.
+        pooled = (weights @ image).reshape(b, heads, n, -1)  # (B, h, n, C)
+        values = torch.einsum("bhnd,hcd->bhnc", pooled, _head_weights(attn.v_proj, heads))
+        values = values + attn.v_proj.bias.reshape(heads, 1, -1)
+        return attn.out_proj(_merge_heads(values))
+
+    @staticmethod
+    def _image_to_tokens_update(
+        attn: Attention,
+        weights: torch.Tensor,
+        tokens: torch.Tensor,
+        image: torch.Tensor,
+        norm: nn.LayerNorm,
+    ) -> torch.Tensor:
+        """Finish image->token attention from its weights (B, h*n, N) (softmax over each head's n
+        tokens) and return norm(image + attention). ``image`` may be (1, N, C) (shared) or (B, N, C)."""
+        b, n, _ = tokens.shape
+        heads = attn.num_heads
+        v = _heads(attn.v_proj(tokens), heads)  # (B, h, n, c)
+        # out_proj(concat_h w_h v_h) = sum_h w_h (v_h W_o,h^T): fold the output projection into the tokens.
+        w_out = attn.out_proj.weight.reshape(-1, heads, v.shape[-1]).transpose(0, 1)  # (h, C, c)
+        token_out = torch.einsum("bhnc,hdc->bhnd", v, w_out).reshape(b, heads * n, -1)
+        # Each head's weights sum to one, so adding bias/heads to every row adds the bias once.
+        token_out = token_out + attn.out_proj.bias / heads
+        updated = torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), token_out)
+        return norm(updated)
+
+    # -- public -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode_tokens(
+        self, sparse_embeddings: torch.Tensor, multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the two-way transformer for a batch of prompts.
+
+        sparse_embeddings: (B, n_prompt, C) from the prompt encoder.
+        Returns IoU predictions (B, M), hypernetwork weights (B, M, C/8) and the updated image
+        tokens (B, N, C) to pass to :meth:`upscale_masks`; M = 3 with multimask output, else 1.
+        """
+        decoder, transformer = self.decoder, self.transformer
+        b = sparse_embeddings.shape[0]
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_embeddings], dim=1)
+        n = tokens.shape[1]
+
+        queries, token_pe = tokens, tokens
+        image: torch.Tensor = self.src  # (1, N, C) until the first block's last step
+        for index, layer in enumerate(transformer.layers):
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(queries, queries, queries)
+            else:
+                q = queries + token_pe
+                queries = queries + layer.self_attn(q, q, queries)
+            queries = layer.norm1(queries)
+
+            t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+            if index == 0:
+                attended = self._tokens_to_shared_image(t2i, queries + token_pe, self.first_k, self.first_v)
+            else:
+                image_pos = image + self.pos
+                attended = self._tokens_to_image(t2i, queries + token_pe, image, image_pos)
+            queries = layer.norm2(queries + attended)
+            queries = layer.norm3(queries + layer.mlp(queries))
+
+            k = _heads(i2t.k_proj(queries + token_pe), i2t.num_heads)  # (B, h, n, c)
+            scale = 1.0 / math.sqrt(k.shape[-1])
+            heads = i2t.num_heads
+            if index == 0:
+                # Shared image queries (h, N, c) against every prompt's tokens.
+                k_by_head = k.transpose(0, 1).reshape(heads, b * n, -1)
+                scores = torch.bmm(k_by_head * scale, self.first_q.transpose(1, 2))  # (h, B*n, N)
+                weights = scores.reshape(heads, b, n, -1).softmax(dim=2)
+                weights = weights.transpose(0, 1).reshape(b, heads * n, -1)
+            else:
+                # (W_q x + b_q) . k = x . (W_q^T k) + b_q . k, with x = image + pe.
+                k_in_image_space = torch.einsum("bhnc,hcd->bhnd", k, _head_weights(i2t.q_proj, heads)) * scale
+                bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k) * scale
+                scores = torch.baddbmm(
+                    bias.reshape(b, heads * n, 1),
+                    k_in_image_space.reshape(b, heads * n, -1),
+                    image_pos.transpose(1, 2),
+                )  # (B, h*n, N)
+                weights = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
+            image = self._image_to_tokens_update(i2t, weights, queries, image, layer.norm4)
+
+        # Final attention: only the IoU token and the returned mask tokens are used afterwards.
+        mask_ids = list(range(1, decoder.num_mask_tokens)) if multimask_output else [0]
+        keep = [0] + [1 + i for i in mask_ids]
+        final = transformer.final_attn_token_to_image
+        q_sel = queries[:, keep]
+        attended = self._tokens_to_image(final, q_sel + token_pe[:, keep], image, image + self.pos)
+        out_tokens = transformer.norm_final_attn(q_sel + attended)
+
+        iou = decoder.iou_prediction_head(out_tokens[:, 0])[:, [i for i in mask_ids]]
+        hyper = torch.stack(
+            [decoder.output_hypernetworks_mlps[i](out_tokens[:, 1 + j]) for j, i in enumerate(mask_ids)], dim=1
+        )
+        return iou, hyper, image
+
+    @torch.no_grad()
+    def upscale_masks(self, image: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """Low-res mask logits (B, M, 4H, 4W) from updated image tokens (B, N, C) and
+        hypernetwork weights (B, M, C/8)."""
+        b = image.shape[0]
+        h, w = self.grid
+        c1 = self.up_norm.weight.shape[0]
+        x = torch.addmm(self.up1_b, image.reshape(-1, image.shape[-1]), self.up1_w)  # (B*N, 4*c1)
+        x = x.reshape(-1, c1)
+        x = self.up_act1(F.layer_norm(x, (c1,), self.up_norm.weight, self.up_norm.bias, self.up_norm.eps))
+        x = self.up_act2(torch.addmm(self.up2_b, x, self.up2_w))  # (B*N*4, 4*c2)
+        c2 = hyper.shape[-1]
+        x = x.reshape(b, -1, c2) @ hyper.transpose(1, 2)  # (B, N*16, M)
+        m = hyper.shape[1]
+        # Rows are ordered (y, x, dy1, dx1, dy2, dx2): pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2).
+        x = x.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, m, 4 * h, 4 * w)

@@ -1,0 +1,208 @@
+"""Automatic mask generation: parity with the official generate() on its golden outputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pycocotools import mask as mask_utils
+
+from segany import SamPredictor
+from segany.automatic import SamAutomaticMaskGenerator
+from segany.batched_decoder import SharedImageMaskDecoder
+from segany.masks import build_point_grid, decode_rle
+
+CONFIGS = ["amg_grid16_nms_off", "amg_grid16_default_filters", "amg_grid8_crop1"]
+
+
+@pytest.fixture(scope="module")
+def amg_reference(reference_dir):
+    with gzip.open(reference_dir / "amg_outputs.json.gz", "rt") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def img0(reference_arrays):
+    return reference_arrays["img0"]
+
+
+@pytest.fixture(scope="module")
+def generator(ref_model):
+    """One generator for the module: it keeps img0's embeddings between generate() calls."""
+    return SamAutomaticMaskGenerator(ref_model)
+
+
+def configure(generator: SamAutomaticMaskGenerator, **params) -> SamAutomaticMaskGenerator:
+    """Set a configuration on an existing generator, as its constructor would."""
+    fresh = SamAutomaticMaskGenerator(generator.model, **params)
+    for name, value in vars(fresh).items():
+        if name not in ("predictor", "_image_key", "_embeddings"):
+            setattr(generator, name, value)
+    return generator
+
+
+def _rle_bytes(rle: dict) -> dict:
+    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
+def match_one_to_one(ours: list[dict], reference: list[dict], min_iou: float = 0.99) -> dict[int, int]:
+    """reference index -> our index, one to one, for masks with IoU >= min_iou.
+
+    Records should come in the same order, so each reference mask is first compared with ours at
+    its own position; only the others are searched among all of ours (pycocotools IoU on RLEs).
+    """
+    ours_rle = [_rle_bytes(r["segmentation"]) for r in ours]
+    matches: dict[int, int] = {}
+    taken: set[int] = set()
+    for j, ref in enumerate(reference):
+        ref_rle = [_rle_bytes(ref["segmentation"])]
+        if j < len(ours) and mask_utils.iou([ours_rle[j]], ref_rle, [0])[0][0] >= min_iou and j not in taken:
+            matches[j] = j
+            taken.add(j)
+            continue
+        ious = np.asarray(mask_utils.iou(ours_rle, ref_rle, [0])).ravel()
+        for i in np.argsort(-ious):
+            if ious[i] < min_iou:
+                break
+            if i not in taken:
+                matches[j] = int(i)
+                taken.add(int(i))
+                break
+    return matches
+
+
+def test_reference_has_the_three_configurations(amg_reference):
+    assert sorted(amg_reference) == sorted(CONFIGS)
+    # Only the default-filter run is empty, and that is what its masks' stability predicts.
+    stabilities = [m["stability_score"] for m in amg_reference["amg_grid16_nms_off"]["masks"]]
+    assert len(stabilities) > 500 and max(stabilities) < 0.95
+    assert amg_reference["amg_grid16_default_filters"]["masks"] == []
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_generate_matches_official(generator, img0, amg_reference, config):
+    spec = amg_reference[config]
+    assert spec["image"] == "img0"
+    reference = spec["masks"]
+    ours = configure(generator, output_mode="coco_rle", **spec["params"]).generate(img0)
+
+    assert abs(len(ours) - len(reference)) <= 0.01 * len(reference)
+    if not reference:
+        assert ours == []
+        return
+    matches = match_one_to_one(ours, reference)
+    assert len(matches) >= 0.99 * len(reference), f"{len(matches)} of {len(reference)} reference masks matched"
+    # Records come in the same order (NMS output order: decreasing predicted IoU).
+    assert sum(i == j for j, i in matches.items()) >= 0.99 * len(reference)
+
+    for j, i in matches.items():
+        got, want = ours[i], reference[j]
+        assert got["segmentation"]["size"] == want["segmentation"]["size"] == list(img0.shape[:2])
+        assert got["area"] == int(mask_utils.area(_rle_bytes(got["segmentation"])))
+        assert abs(got["area"] - want["area"]) <= max(2, 0.001 * want["area"])
+        assert np.abs(np.subtract(got["bbox"], want["bbox"])).max() <= 1
+        assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-4)
+        assert got["stability_score"] == pytest.approx(want["stability_score"], abs=1e-3)
+        assert got["point_coords"] == want["point_coords"]
+        assert got["crop_box"] == want["crop_box"]
+        assert isinstance(got["area"], int) and all(isinstance(v, int) for v in got["bbox"] + got["crop_box"])
+
+
+@pytest.fixture(scope="module")
+def predictor0(ref_model, img0):
+    predictor = SamPredictor(ref_model)
+    predictor.set_image(img0)
+    return predictor
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_shared_image_decoder_equals_mask_decoder(ref_model, img0, predictor0, multimask):
+    predictor = predictor0
+    points = build_point_grid(4)[::2] * np.array([[img0.shape[1], img0.shape[0]]])
+    coords = torch.as_tensor(predictor.transform.apply_coords(points, img0.shape[:2]), dtype=torch.float)[:, None]
+    labels = torch.ones(coords.shape[:2], dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = ref_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        want_masks, want_iou = ref_model.mask_decoder(
+            predictor.features, ref_model.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+        )
+    decoder = SharedImageMaskDecoder(ref_model, predictor.features)
+    iou, hyper, image_tokens = decoder.decode_tokens(sparse, multimask_output=multimask)
+    masks = decoder.upscale_masks(image_tokens, hyper)
+    assert iou.shape == want_iou.shape and masks.shape == want_masks.shape
+    torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=1e-5)
+    scale = want_masks.abs().max()
+    assert (masks - want_masks).abs().max() <= 1e-5 * scale
+    assert ((masks > 0) != (want_masks > 0)).float().mean() < 1e-4
+
+
+def test_partial_upsampling_equals_postprocess_masks(ref_model, img0):
+    generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
+    torch.manual_seed(0)
+    low_res = torch.randn(3, 256, 256) * 5
+    for input_size, size in [((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (64, 64))]:
+        want = ref_model.postprocess_masks(low_res[:, None], input_size, size)[:, 0]
+        got = torch.cat([x for _, x in generator._upsample(low_res, input_size, size)])
+        assert torch.equal(got, want), input_size
+
+
+def small_run(generator, img0, **kwargs):
+    params = dict(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    params.update(kwargs)
+    return configure(generator, **params).generate(img0)
+
+
+def test_output_modes_agree(generator, img0):
+    binary = small_run(generator, img0, output_mode="binary_mask")
+    uncompressed = small_run(generator, img0, output_mode="uncompressed_rle")
+    coco = small_run(generator, img0, output_mode="coco_rle")
+    assert len(binary) == len(uncompressed) == len(coco) > 3
+    for b, u, c in zip(binary, uncompressed, coco):
+        mask = b["segmentation"]
+        assert mask.dtype == np.bool_ and mask.shape == img0.shape[:2]
+        np.testing.assert_array_equal(decode_rle(u["segmentation"]), mask)
+        np.testing.assert_array_equal(decode_rle(c["segmentation"]), mask)
+        assert isinstance(c["segmentation"]["counts"], str)
+        assert b["area"] == u["area"] == c["area"] == int(mask.sum())
+        ys, xs = np.nonzero(mask)
+        assert b["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+        for key in ("predicted_iou", "stability_score", "point_coords", "crop_box", "bbox"):
+            assert b[key] == u[key] == c[key]
+    # Records are sorted by predicted IoU (the NMS order) and pass the IoU filter.
+    ious = [r["predicted_iou"] for r in binary]
+    assert ious == sorted(ious, reverse=True) and min(ious) > 0.5
+
+
+def test_explicit_point_grid_equals_points_per_side(generator, img0):
+    by_side = small_run(generator, img0, output_mode="coco_rle")
+    by_grid = small_run(
+        generator, img0, output_mode="coco_rle", points_per_side=None, point_grids=[build_point_grid(4)]
+    )
+    assert by_side == by_grid
+
+
+def test_embeddings_are_reused_only_for_the_same_image(generator, img0):
+    small_run(generator, img0)
+    cached = generator._embeddings[(0, 0, img0.shape[1], img0.shape[0])]
+    small_run(generator, img0)
+    assert generator._embeddings[(0, 0, img0.shape[1], img0.shape[0])] is cached
+    flipped = np.ascontiguousarray(img0[:, ::-1])
+    small_run(generator, flipped)
+    assert generator._embeddings[(0, 0, img0.shape[1], img0.shape[0])] is not cached
+
+
+def test_bad_arguments(ref_model):
+    with pytest.raises(ValueError, match="exactly one"):
+        SamAutomaticMaskGenerator(ref_model, points_per_side=8, point_grids=[build_point_grid(8)])
+    with pytest.raises(ValueError, match="exactly one"):
+        SamAutomaticMaskGenerator(ref_model, points_per_side=None)
+    with pytest.raises(ValueError, match="output_mode"):
+        SamAutomaticMaskGenerator(ref_model, output_mode="polygons")
+    with pytest.raises(ValueError, match="crop layer"):
+        SamAutomaticMaskGenerator(ref_model, points_per_side=None, point_grids=[build_point_grid(4)], crop_n_layers=1)
+    with pytest.raises(ValueError, match="uint8"):
+        SamAutomaticMaskGenerator(ref_model, points_per_side=2).generate(np.zeros((8, 8), np.uint8))
