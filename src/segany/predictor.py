@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .batched_decoder import SharedImageMaskDecoder
 from .modeling import Sam
 from .transforms import ResizeLongestSide
 
@@ -136,6 +137,7 @@ class SamPredictor:
         self.original_size = None
         self.input_size = None
         self._dense_pe = None
+        self._shared_decoder: SharedImageMaskDecoder | None = None
 
     def _image_pe(self) -> torch.Tensor:
         # Depends only on the prompt encoder: computed once per image instead of once per prompt.
@@ -228,17 +230,33 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res_masks, iou_predictions = self.model.mask_decoder(
+        if mask_input is None and not torch.is_grad_enabled():
+            # Sparse prompts only: the image side is shared by all prompts (see batched_decoder).
+            decoder = self._shared_image_decoder()
+            iou_predictions, hyper, image = decoder.decode_tokens(sparse, multimask_output)
+            low_res_masks = decoder.upscale_masks(image, hyper)
+        else:
+            low_res_masks, iou_predictions = self._full_decoder(sparse, dense, multimask_output)
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou_predictions, low_res_masks
+
+    def _shared_image_decoder(self) -> SharedImageMaskDecoder:
+        if self._shared_decoder is None:
+            self._shared_decoder = SharedImageMaskDecoder(self.model, self.features)
+        return self._shared_decoder
+
+    def _full_decoder(
+        self, sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.mask_decoder(
             image_embeddings=self.features,
             image_pe=self._image_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, iou_predictions, low_res_masks
 
     def predict_batch(
         self,
