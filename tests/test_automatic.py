@@ -147,7 +147,9 @@ def test_partial_upsampling_equals_postprocess_masks(ref_model, img0):
     for input_size, size in [((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (64, 64))]:
         want = ref_model.postprocess_masks(low_res[:, None], input_size, size)[:, 0]
         got = torch.cat([x for _, x in generator._upsample(low_res, input_size, size)])
-        assert torch.equal(got, want), input_size
+        # postprocess_masks runs the two resizes as matrix products: equal up to float rounding.
+        assert (got - want).abs().max() < 1e-4, input_size
+        assert torch.equal(got > 0, want > 0), input_size
 
 
 def small_run(generator, img0, **kwargs):

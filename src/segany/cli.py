@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "segany.commands.everything",
     "segany.commands.train",
     "segany.commands.eval",
+    "segany.commands.bench",
 )
 
 

@@ -7,12 +7,14 @@ in one call (:meth:`SamPredictor.predict_batch`) and embeds batches of images
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .batched_decoder import SharedImageMaskDecoder
 from .modeling import Sam
 from .transforms import ResizeLongestSide
 
@@ -26,11 +28,39 @@ class ImageEmbedding:
     input_size: tuple[int, int]  # (h, w) after resizing to the long side
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+# Prompts per mask-decoder pass on CPU: each prompt carries (64*64, 256) image activations; a few
+# at a time stay in cache, many at once are slower per prompt than one by one.
+DECODER_CHUNK = 4
+
+
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    """Embed an image once, then answer prompts.
+
+    precision: how the image encoder runs. "fp32" (default) matches the official outputs to 1e-4;
+    "bf16" runs it under bfloat16 autocast (CPU or GPU); "int8" (CPU only) uses a dynamically
+    quantized int8 copy of its linear layers, with bfloat16 attention. The prompt encoder and mask
+    decoder always run in fp32. compile: wrap the encoder in ``torch.compile`` (slow first call).
+    """
+
+    def __init__(self, sam_model: Sam, precision: str = "fp32", compile: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = sam_model
+        self.precision = precision
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._encoder = _fast_encoder(sam_model.image_encoder, precision)
+        if compile:
+            self._encoder = torch.compile(self._encoder)
         self.reset_image()
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> (B, 256, 64, 64) fp32 embeddings."""
+        if self.precision == "fp32":
+            return self._encoder(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            features = self._encoder(images)
+        return features.float()
 
     # -- images -----------------------------------------------------------------------------
 
@@ -65,7 +95,7 @@ class SamPredictor:
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
         input_image = self.model.preprocess(transformed_image)
-        self.features = self.model.image_encoder(input_image)
+        self.features = self._encode(input_image)
         self.is_image_set = True
 
     @torch.no_grad()
@@ -78,7 +108,7 @@ class SamPredictor:
             chunk = images[start : start + batch_size]
             prepared = [self._prepare_image(im, image_format) for im in chunk]
             batch = torch.cat([self.model.preprocess(p) for p in prepared], dim=0)
-            features = self.model.image_encoder(batch)
+            features = self._encode(batch)
             for im, p, f in zip(chunk, prepared, features):
                 out.append(ImageEmbedding(f[None], tuple(im.shape[:2]), tuple(p.shape[-2:])))
         return out
@@ -106,6 +136,14 @@ class SamPredictor:
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size = None
         self.input_size = None
+        self._dense_pe = None
+        self._shared_decoder: SharedImageMaskDecoder | None = None
+
+    def _image_pe(self) -> torch.Tensor:
+        # Depends only on the prompt encoder: computed once per image instead of once per prompt.
+        if self._dense_pe is None:
+            self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     @property
     def device(self) -> torch.device:
@@ -168,19 +206,57 @@ class SamPredictor:
         """Batched prompts already in the resized frame: coords (B, N, 2), labels (B, N), boxes (B, 4),
         mask_input (B, 1, 256, 256). Returns masks (B, C, H, W), IoU (B, C), logits (B, C, 256, 256)."""
         self._require_image()
+        inputs = (point_coords, point_labels, boxes, mask_input)
+        batch = next((t.shape[0] for t in inputs if t is not None), 1)
+        chunk = DECODER_CHUNK if self.device.type == "cpu" else batch
+        if batch > chunk:
+            parts = [
+                self._predict_chunk(
+                    *(t[i : i + chunk] if t is not None else None for t in inputs), multimask_output, return_logits
+                )
+                for i in range(0, batch, chunk)
+            ]
+            return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
+        return self._predict_chunk(*inputs, multimask_output, return_logits)
+
+    def _predict_chunk(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res_masks, iou_predictions = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        if mask_input is None and not torch.is_grad_enabled():
+            # Sparse prompts only: the image side is shared by all prompts (see batched_decoder).
+            decoder = self._shared_image_decoder()
+            iou_predictions, hyper, image = decoder.decode_tokens(sparse, multimask_output)
+            low_res_masks = decoder.upscale_masks(image, hyper)
+        else:
+            low_res_masks, iou_predictions = self._full_decoder(sparse, dense, multimask_output)
         masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou_predictions, low_res_masks
+
+    def _shared_image_decoder(self) -> SharedImageMaskDecoder:
+        if self._shared_decoder is None:
+            self._shared_decoder = SharedImageMaskDecoder(self.model, self.features)
+        return self._shared_decoder
+
+    def _full_decoder(
+        self, sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self._image_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
 
     def predict_batch(
         self,
@@ -216,3 +292,17 @@ class SamPredictor:
             mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
         masks, iou, low_res = self.predict_torch(coords, labels, box_t, mask_t, multimask_output, return_logits)
         return masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
+
+
+def _fast_encoder(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The encoder module to run for a precision: the model's own, or an int8 copy of it."""
+    if precision != "int8":
+        return encoder
+    if encoder.pos_embed is not None and encoder.pos_embed.device.type != "cpu":
+        raise ValueError("precision='int8' runs on CPU only; use 'bf16' on GPU")
+    # Dynamic quantization replaces modules; inplace=False quantizes a copy, leaving the model as is.
+    # (torch.ao's eager quantization warns that it is deprecated in favour of torchao.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)

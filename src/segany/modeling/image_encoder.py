@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_ops
 from .common import LayerNorm2d, MLPBlock
 
 
@@ -71,22 +72,32 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative.long()]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_terms(
     q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """Additive attention bias of MViTv2's decomposed relative positions.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query factors of MViTv2's decomposed relative-position bias.
 
-    q: (B*heads, H*W, C) unscaled queries. Returns (B*heads, H*W, H*W).
+    q: (B*heads, H*W, C) unscaled queries. Returns rel_h (B*heads, H, W, H) and rel_w (B*heads, H, W, W);
+    the bias of query (y, x) towards key (ky, kx) is rel_h[..., y, x, ky] + rel_w[..., y, x, kx].
     """
     h, w = size
-    rh = get_rel_pos(h, h, rel_pos_h)
-    rw = get_rel_pos(w, w, rel_pos_w)
+    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)
+    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)
     bh, _, dim = q.shape
     r_q = q.reshape(bh, h, w, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
+    return rel_h, rel_w
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """The full additive attention bias, (B*heads, H*W, H*W), for q: (B*heads, H*W, C)."""
+    h, w = size
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
     bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-    return bias.reshape(bh, h * w, h * w)
+    return bias.reshape(q.shape[0], h * w, h * w)
 
 
 class Attention(nn.Module):
@@ -115,15 +126,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = fast_ops.linear(x, self.qkv).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
-        bias = None
+        rel_h = rel_w = None
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
-        # SDPA applies the 1/sqrt(d) scale to q.k only; the rel-pos bias uses unscaled q, as in SAM.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+        # The 1/sqrt(d) scale applies to q.k only; the rel-pos bias uses unscaled q, as in SAM.
+        out = fast_ops.rel_pos_attention(q, k, v, rel_h, rel_w, self.scale)
         out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-        return self.proj(out)
+        return fast_ops.linear(out, self.proj)
 
 
 class Block(nn.Module):
@@ -164,7 +175,13 @@ class Block(nn.Module):
         else:
             x = self.attn(x)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        return x + self._mlp(self.norm2(x))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        lin1, act, lin2 = self.mlp.lin1, self.mlp.act, self.mlp.lin2
+        if isinstance(lin1, nn.Linear) and isinstance(act, nn.GELU) and act.approximate == "none":
+            return fast_ops.linear(fast_ops.linear(x, lin1, "gelu"), lin2)
+        return self.mlp(x)
 
 
 class ImageEncoderViT(nn.Module):

@@ -8,6 +8,11 @@ from torch import nn
 from .common import MLP, LayerNorm2d
 
 
+def _is_batch_broadcast(x: torch.Tensor) -> bool:
+    """True when every batch item of x is the same tensor (batch 1, or expanded with stride 0)."""
+    return x.shape[0] == 1 or x.stride(0) == 0
+
+
 class MaskDecoder(nn.Module):
     """Predicts masks and their IoU from an image embedding and prompt embeddings.
 
@@ -75,13 +80,21 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        if image_embeddings.shape[0] != b:
-            image_embeddings = image_embeddings.expand(b, -1, -1, -1)
-        src = image_embeddings + dense_prompt_embeddings
-        pos_src = image_pe.expand(b, -1, -1, -1)
+        if image_embeddings.shape[0] == 1 and _is_batch_broadcast(dense_prompt_embeddings):
+            # One image, no mask prompts: the decoder's first image-side steps are shared by all
+            # prompts, so keep batch 1 and let the transformer broadcast.
+            src = image_embeddings + dense_prompt_embeddings[:1]
+            pos_src = image_pe
+        else:
+            if image_embeddings.shape[0] != b:
+                image_embeddings = image_embeddings.expand(b, -1, -1, -1)
+            src = image_embeddings + dense_prompt_embeddings
+            pos_src = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
 
         hs, src = self.transformer(src, pos_src, tokens)
+        if src.shape[0] != b:
+            src = src.expand(b, -1, -1)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_ops import plain_pytorch
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+# Above this many output pixels per mask the dense products cost more than interpolating.
+# (float32 weights: the same values the interpolation kernel computes for itself.)
+MATMUL_RESIZE_MAX_PIXELS = 4096 * 4096 // 4
+
+
+@functools.lru_cache(maxsize=16)
+def _resize_weights(low: int, size: int, crop: int, out: int, device: torch.device) -> torch.Tensor:
+    """(out, low) weights of one axis of postprocess_masks: resize low -> size, keep the first
+    crop, resize crop -> out. Obtained by running exactly those interpolations on an identity."""
+    with torch.inference_mode(False), torch.no_grad():
+        eye = torch.eye(low, dtype=torch.float32, device=device).reshape(1, low, low, 1)
+        up = F.interpolate(eye, (size, 1), mode="bilinear", align_corners=False)[:, :, :crop]
+        down = F.interpolate(up, (out, 1), mode="bilinear", align_corners=False)
+        return down.reshape(low, out).T.contiguous()
 
 
 class Sam(nn.Module):
@@ -77,11 +95,23 @@ class Sam(nn.Module):
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
     ) -> torch.Tensor:
-        """(B, M, 256, 256) logits -> (B, M, H, W) logits at the original image size."""
+        """(B, M, 256, 256) logits -> (B, M, H, W) logits at the original image size.
+
+        Upsample to the encoder's input size, crop the padding, resize to the original size (both
+        bilinear). Both steps are linear and separable, so in inference they run as two small
+        matrix products with the composed per-axis weights: same values to float rounding, without
+        the (img_size x img_size) intermediate.
+        """
         size = self.image_encoder.img_size
-        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+        h, w = int(original_size[0]), int(original_size[1])
+        if (torch.is_grad_enabled() and masks.requires_grad) or h * w > MATMUL_RESIZE_MAX_PIXELS or plain_pytorch():
+            masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+            masks = masks[..., : input_size[0], : input_size[1]]
+            return F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
+        low_h, low_w = masks.shape[-2:]
+        rows = _resize_weights(low_h, size, int(input_size[0]), h, masks.device)  # (H, low_h)
+        cols = _resize_weights(low_w, size, int(input_size[1]), w, masks.device)  # (W, low_w)
+        return rows.to(masks.dtype) @ masks @ cols.to(masks.dtype).T
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a (3, H, W) or (B, 3, H, W) image and zero-pad it to the encoder's square input."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_ops
 from .common import MLPBlock
 
 
@@ -29,13 +30,16 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: (B, Nq, C), k and v: (B, Nk, C) -> (B, Nq, C)."""
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        """q: (B, Nq, C), k and v: (B, Nk, C) -> (B, Nq, C). A batch of 1 broadcasts against B, so
+        prompt-independent image inputs are projected once for a whole batch of prompts."""
+        q = self._split_heads(fast_ops.linear(q, self.q_proj))
+        k = self._split_heads(fast_ops.linear(k, self.k_proj))
+        v = self._split_heads(fast_ops.linear(v, self.v_proj))
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+        return fast_ops.linear(out.transpose(1, 2).reshape(b, n, h * c), self.out_proj)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -116,7 +120,9 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns tokens (B, N, C) and image features (B, H*W, C)."""
+        """Returns tokens (B, N, C) and image features (B, H*W, C).
+
+        image_embedding and image_pe may have batch 1 for B prompts (broadcast, computed once)."""
         image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
         image_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries, keys = point_embedding, image_embedding

@@ -1,0 +1,301 @@
+"""Side-by-side timings of segany and, when it is importable, the official ``segment_anything``.
+
+Used by ``segany bench`` and the scripts in ``bench/``. Both implementations get the same weights
+(the official model's random init, or a checkpoint) and the same images; calls alternate round-robin
+so that load on a shared machine hits both alike, and medians are reported. The official package
+is imported here only, for comparison; no inference path of segany depends on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .modeling import Sam, build_sam
+from .predictor import PRECISIONS, SamPredictor
+
+
+def official_package() -> ModuleType | None:
+    """``segment_anything`` if installed (the ``bench`` extra), else None."""
+    try:
+        return importlib.import_module("segment_anything")
+    except ImportError:
+        return None
+
+
+def paired_models(
+    model_type: str = "vit_b", checkpoint: str | None = None, with_official: bool = True, seed: int = 0
+) -> tuple[Sam, torch.nn.Module | None]:
+    """segany's model and the official one holding identical weights (random unless checkpoint)."""
+    official = official_package() if with_official else None
+    torch.manual_seed(seed)
+    if checkpoint is not None:
+        from .checkpoints import load_model
+
+        ours = load_model(checkpoint)  # architecture inferred from the tensors
+        model_type = ours.config.name
+        if model_type not in ("vit_b", "vit_l", "vit_h"):
+            official = None  # the official registry only builds its three sizes
+    else:
+        ours = build_sam(model_type)
+    other = None
+    if official is not None:
+        other = official.sam_model_registry[model_type]().eval()
+        if checkpoint is None:
+            ours.load_state_dict(other.state_dict())
+        else:
+            other.load_state_dict(ours.state_dict())
+    return ours.eval(), other
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """Wall times of each function over ``repeats`` round-robin rounds, after ``warmup`` rounds.
+    ``cpu`` collects this process's CPU seconds per call too (steadier than wall time on a
+    machine shared with other jobs, when the thread count is 1)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(warmup + repeats):
+        for name, fn in fns.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(time.process_time() - start_cpu)
+    return times
+
+
+def _cpu_summary(cpu: dict[str, list[float]], base: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"median_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()}}
+    if base in cpu:
+        ref = statistics.median(cpu[base])
+        out["cpu_speedup"] = {k: round(ref / statistics.median(v), 2) for k, v in cpu.items() if k != base}
+    return out
+
+
+def summary(times: Sequence[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": [round(t, 4) for t in times]}
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def grid_points(shape: tuple[int, ...], per_side: int) -> np.ndarray:
+    """(per_side**2, 2) (x, y) points at the centres of a regular grid over an (H, W) image."""
+    h, w = shape[:2]
+    xs = (np.arange(per_side) + 0.5) * w / per_side
+    ys = (np.arange(per_side) + 0.5) * h / per_side
+    return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+
+
+def _official_predictor(official: torch.nn.Module) -> Any:
+    return official_package().SamPredictor(official)  # type: ignore[union-attr]
+
+
+def bench_encoder(
+    model: Sam,
+    official: torch.nn.Module | None,
+    images: Sequence[np.ndarray],
+    precisions: Sequence[str] = PRECISIONS,
+    repeats: int = 3,
+    points_per_side: int = 4,
+) -> dict[str, Any]:
+    """``set_image`` times per precision (and the official fp32, plus official bf16 autocast).
+
+    Agreement: fp32 embeddings against the official (max relative error), and for each reduced
+    precision the IoU of its masks with the fp32 masks for a grid of single-point prompts.
+    """
+    predictors = {p: SamPredictor(model, precision=p) for p in precisions}
+    image = images[0]
+    fns: dict[str, Callable[[], Any]] = {}
+    if official is not None:
+        off = _official_predictor(official)
+        fns["official_fp32"] = lambda: off.set_image(image)
+
+        device_type = next(official.parameters()).device.type
+
+        def official_bf16() -> None:
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                off.set_image(image)
+
+        fns["official_bf16_autocast"] = official_bf16
+    for p, pred in predictors.items():
+        fns[f"segany_{p}"] = lambda pred=pred: pred.set_image(image)
+    cpu: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        times = interleaved(fns, repeats, cpu=cpu)
+    result: dict[str, Any] = {"image_shape": list(image.shape), "times": {k: summary(v) for k, v in times.items()}}
+    result["cpu_time"] = _cpu_summary(cpu, "official_fp32")
+    if official is not None:
+        base = statistics.median(times["official_fp32"])
+        result["speedup_vs_official_fp32"] = {
+            k: round(base / statistics.median(v), 2) for k, v in times.items() if k != "official_fp32"
+        }
+    result["agreement"] = encoder_agreement(model, official, images, predictors, points_per_side)
+    return result
+
+
+@torch.inference_mode()
+def encoder_agreement(
+    model: Sam,
+    official: torch.nn.Module | None,
+    images: Sequence[np.ndarray],
+    predictors: dict[str, SamPredictor],
+    points_per_side: int = 4,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fp32 = predictors.get("fp32") or SamPredictor(model)
+    off = _official_predictor(official) if official is not None else None
+    rel_errors = []
+    ious: dict[str, list[float]] = {p: [] for p in predictors if p != "fp32"}
+    for image in images:
+        fp32.set_image(image)
+        ref = fp32.get_image_embedding()
+        if off is not None:
+            off.set_image(image)
+            theirs = off.get_image_embedding()
+            rel_errors.append(float((ref - theirs).abs().max() / theirs.abs().max()))
+        points = grid_points(image.shape, points_per_side)
+        ref_masks, _, _ = fp32.predict_batch(points[:, None], np.ones((len(points), 1)), multimask_output=False)
+        for p in ious:
+            predictors[p].set_image(image)
+            masks, _, _ = predictors[p].predict_batch(points[:, None], np.ones((len(points), 1)), multimask_output=False)
+            ious[p] += [mask_iou(a, b) for a, b in zip(masks[:, 0], ref_masks[:, 0])]
+    if rel_errors:
+        out["fp32_embedding_max_rel_error_vs_official"] = max(rel_errors)
+    for p, values in ious.items():
+        out[f"{p}_mask_iou_vs_fp32"] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "n": len(values)}
+    return out
+
+
+def bench_decoder(
+    model: Sam,
+    official: torch.nn.Module | None,
+    image: np.ndarray,
+    num_prompts: int = 64,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """``num_prompts`` single-point prompts: one ``predict`` call each (ours and official), and all
+    of them in one ``predict_batch`` call. Both sides use the same (segany fp32) embedding."""
+    ours = SamPredictor(model)
+    with torch.inference_mode():
+        ours.set_image(image)
+    points = grid_points(image.shape, int(np.ceil(np.sqrt(num_prompts))))[:num_prompts]
+    labels = np.ones(1)
+
+    def ours_each() -> None:
+        for pt in points:
+            ours.predict(pt[None], labels)
+
+    fns: dict[str, Callable[[], Any]] = {}
+    result: dict[str, Any] = {"num_prompts": len(points), "image_shape": list(image.shape)}
+    if official is not None:
+        off = _official_predictor(official)
+        off.features = ours.get_image_embedding()
+        off.original_size, off.input_size = ours.original_size, ours.input_size
+        off.is_image_set = True
+
+        def official_each() -> None:
+            for pt in points:
+                off.predict(pt[None], labels)
+
+        fns["official_predict_each"] = official_each
+        diffs = []
+        for pt in points[:8]:
+            m1, s1, l1 = ours.predict(pt[None], labels)
+            m2, s2, l2 = off.predict(pt[None], labels)
+            diffs.append((np.abs(l1 - l2).max(), np.abs(s1 - s2).max(), (m1 != m2).mean()))
+        result["agreement_vs_official"] = {
+            "max_logit_diff": float(max(d[0] for d in diffs)),
+            "max_iou_pred_diff": float(max(d[1] for d in diffs)),
+            "max_mask_mismatch_fraction": float(max(d[2] for d in diffs)),
+        }
+    fns["segany_predict_each"] = ours_each
+    fns["segany_predict_batch"] = lambda: ours.predict_batch(points[:, None], np.ones((len(points), 1)))
+    cpu: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        times = interleaved(fns, repeats, cpu=cpu)
+    result["times"] = {k: summary(v) for k, v in times.items()}
+    result["cpu_time"] = _cpu_summary(cpu, "official_predict_each")
+    n = len(points)
+    result["per_prompt_ms"] = {k: round(1000 * statistics.median(v) / n, 2) for k, v in times.items()}
+    if official is not None:
+        base = statistics.median(times["official_predict_each"])
+        result["speedup_vs_official_predict_each"] = {
+            k: round(base / statistics.median(v), 2) for k, v in times.items() if k != "official_predict_each"
+        }
+    return result
+
+
+_RSS_SCRIPT = """
+import resource, sys, time, numpy as np, torch
+if sys.argv[2] == "official":
+    from segment_anything import sam_model_registry, SamPredictor
+    model = sam_model_registry[sys.argv[1]]().eval()
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    predictor = SamPredictor(model)
+else:
+    from segany import build_sam, SamPredictor
+    model = build_sam(sys.argv[1])
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    predictor = SamPredictor(model, precision=sys.argv[2])
+image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+start = time.perf_counter()
+with torch.inference_mode():
+    predictor.set_image(image)
+seconds = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(f"{rss_model} {rss} {seconds}")
+"""
+
+
+def peak_rss_encode(model_type: str = "vit_h", precision: str = "fp32") -> dict[str, Any]:
+    """Peak resident memory of a fresh process that builds a random-weight model and encodes one
+    1024x768 image (Linux ru_maxrss, KiB -> MiB). precision "official": the official package."""
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, model_type, precision], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {proc.stderr.strip().splitlines()[-1:]}")
+    rss_model, rss_peak, seconds = proc.stdout.split()
+    return {
+        "model": model_type,
+        "precision": precision,
+        "peak_rss_mib_after_build": round(int(rss_model) / 1024, 1),
+        "peak_rss_mib_encode": round(int(rss_peak) / 1024, 1),
+        "encode_s": round(float(seconds), 2),
+    }
+
+
+def environment() -> dict[str, Any]:
+    official = official_package()
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "official_package": getattr(official, "__file__", None) and "segment_anything",
+        "cpu_count": os.cpu_count(),
+        "loadavg_1min": os.getloadavg()[0],
+        "maxrss_mib_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2)

@@ -1,0 +1,158 @@
+"""Inference kernels for the image encoder: oneDNN linear layers and block-wise rel-pos attention.
+
+Both are exact re-orderings of the reference computation (fp32 results agree to ~1e-6 relative) and
+fall back to plain PyTorch whenever their preconditions do not hold (autograd, non-CPU devices,
+dtypes oneDNN does not take, PyTorch builds without the op).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Private but long-standing op (what torch.compile's CPU backend emits for nn.Linear); on this
+# hardware class it is ~2x faster than the MKL sgemm behind F.linear and can fuse the GELU.
+_ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+_onednn_linear_ok: bool | None = None  # decided on first use by comparing with F.linear
+
+# Score elements (queries x keys) per attention chunk: 1M fp32 = 4 MiB, sized to stay in cache.
+ATTENTION_CHUNK_ELEMENTS = 1 << 20
+
+
+def plain_pytorch() -> bool:
+    """True while tracing, exporting or compiling: graphs need the plain ops, not these kernels."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def _inference_only(*tensors: torch.Tensor) -> bool:
+    if plain_pytorch():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return None
+
+
+def _check_onednn_linear() -> bool:
+    global _onednn_linear_ok
+    if _onednn_linear_ok is None:
+        _onednn_linear_ok = False
+        if _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
+            try:
+                gen = torch.Generator().manual_seed(0)
+                no_autocast = torch.autocast("cpu", enabled=False)
+                no_autocast.__enter__()
+                x, w, b = (torch.randn(s, generator=gen) for s in ((3, 5, 16), (8, 16), (8,)))
+                got = _ONEDNN_LINEAR(x, w, b, "gelu", [], "none")
+                _onednn_linear_ok = bool(torch.allclose(got, F.gelu(F.linear(x, w, b)), atol=1e-5))
+            except (RuntimeError, NotImplementedError):
+                _onednn_linear_ok = False
+            finally:
+                no_autocast.__exit__(None, None, None)
+    return _onednn_linear_ok
+
+
+_ACTIVATIONS = {None: (lambda y: y, "none", ""), "gelu": (F.gelu, "gelu", "none"), "relu": (F.relu, "relu", "")}
+
+
+def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None) -> torch.Tensor:
+    """``layer(x)`` followed by ``activation`` (None, "gelu" (exact) or "relu"), fused through
+    oneDNN on CPU inference with an nn.Linear; plain PyTorch otherwise."""
+    act, attr, algorithm = _ACTIVATIONS[activation]
+    if isinstance(layer, nn.Linear) and x.device.type == "cpu":
+        weight, bias = layer.weight, layer.bias
+        dtype = _autocast_dtype(x) or x.dtype
+        if (
+            dtype in (torch.float32, torch.bfloat16)
+            and weight.dtype in (torch.float32, torch.bfloat16)
+            and _inference_only(x, weight)
+            and _check_onednn_linear()
+        ):
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+            return _ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
+    if not isinstance(layer, nn.Linear) and x.dtype != torch.float32:
+        x = x.float()  # dynamically quantized int8 layers take fp32 activations only
+    return act(layer(x))
+
+
+def rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_h: torch.Tensor | None,
+    rel_w: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """softmax(scale * q @ k^T + bias) @ v with SAM's decomposed relative-position bias.
+
+    q, k, v: (BH, H*W, C). rel_h: (BH, H, W, H) and rel_w: (BH, H, W, W), the per-query terms of
+    the bias ``bias[(y, x), (ky, kx)] = rel_h[y, x, ky] + rel_w[y, x, kx]`` (None: no bias).
+
+    On CPU inference the (H*W) x (H*W) bias is never materialised: queries are processed in blocks
+    of about ATTENTION_CHUNK_ELEMENTS scores, each block building its slice of the bias, scores,
+    softmax and output while they are in cache. Elsewhere SDPA takes the full bias as its mask.
+    """
+    bh, n, _ = q.shape
+    if rel_h is None or rel_w is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    if q.device.type != "cpu" or not _inference_only(q, k, v, rel_h, rel_w):
+        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(bh, n, n)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
+
+    dtype = _autocast_dtype(q) or q.dtype
+    with torch.autocast("cpu", enabled=False):  # explicit dtypes: no casts between the steps
+        return _blockwise_attention(q.to(dtype), k.to(dtype), v.to(dtype), rel_h.to(dtype), rel_w.to(dtype), scale)
+
+
+def _blockwise_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, scale: float
+) -> torch.Tensor:
+    bh, n, _ = q.shape
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
+    q_scaled = q * scale
+    k_t = k.transpose(1, 2).contiguous()
+    groups = max(1, ATTENTION_CHUNK_ELEMENTS // (n * n))  # many small windows per step
+    rows = h if groups > 1 else max(1, ATTENTION_CHUNK_ELEMENTS // (w * n))  # or a few query rows
+    if groups == 1 and _check_onednn_linear():
+        return _rowwise_attention_onednn(q_scaled, k, v, rel_h, rel_w, rows, out)
+    for g0 in range(0, bh, groups):
+        g1 = min(bh, g0 + groups)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            bias = rel_h[g0:g1, r0:r1, :, :, None] + rel_w[g0:g1, r0:r1, :, None, :]
+            scores = torch.baddbmm(bias.reshape(g1 - g0, (r1 - r0) * w, n), q_scaled[g0:g1, r0 * w : r1 * w], k_t[g0:g1])
+            probs = torch.softmax(scores, dim=-1)
+            torch.bmm(probs, v[g0:g1], out=out[g0:g1, r0 * w : r1 * w])
+    return out
+
+
+def _rowwise_attention_onednn(
+    q_scaled: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    rows: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Global attention one head and a few query rows at a time, both products as oneDNN
+    matmuls (q @ k^T is a linear layer with weight k; p @ v one with weight v^T): on CPUs where
+    MKL's batched sgemm is slow this halves the attention time. Shapes as in _blockwise_attention."""
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    n = k.shape[1]
+    v_t = v.transpose(1, 2).contiguous()
+    for g in range(q_scaled.shape[0]):
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            scores = _ONEDNN_LINEAR(q_scaled[g, r0 * w : r1 * w], k[g], None, "none", [], "")
+            grid = scores.view(r1 - r0, w, h, w)
+            grid.add_(rel_h[g, r0:r1, :, :, None]).add_(rel_w[g, r0:r1, :, None, :])
+            out[g, r0 * w : r1 * w] = _ONEDNN_LINEAR(torch.softmax(scores, dim=-1), v_t[g], None, "none", [], "")
+    return out

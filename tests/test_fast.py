@@ -1,0 +1,167 @@
+"""The fast inference paths: each must agree with the plain computation it replaces."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segany import SamPredictor
+from segany.benchmark import mask_iou
+from segany.modeling import fast_ops
+from segany.modeling.image_encoder import decomposed_rel_pos_bias, decomposed_rel_pos_terms
+
+POINT_CASES = ["img0_point1", "img0_points_pos_neg", "img0_box", "img1_point1", "img1_points_pos_neg", "img1_box"]
+
+
+@pytest.mark.parametrize(("size", "heads", "chunk"), [((64, 64), 3, 1 << 14), ((14, 14), 50, 1 << 18), ((9, 12), 2, 300)])
+def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, size, heads, chunk):
+    """Global (query-row blocks), windowed (groups of windows) and non-square grids, small chunks."""
+    monkeypatch.setattr(fast_ops, "ATTENTION_CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(0)
+    n, dim = size[0] * size[1], 16
+    q, k, v = (torch.randn(heads, n, dim, generator=gen) for _ in range(3))
+    rel_pos_h = torch.randn(2 * size[0] - 1, dim, generator=gen) * 0.3
+    rel_pos_w = torch.randn(2 * size[1] - 1, dim, generator=gen) * 0.3
+    scale = dim**-0.5
+    bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, size)
+    expected = torch.softmax(scale * q @ k.transpose(1, 2) + bias, dim=-1) @ v
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
+    with torch.inference_mode():
+        got = fast_ops.rel_pos_attention(q, k, v, rel_h, rel_w, scale)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_fused_linear_matches_torch(activation):
+    layer = torch.nn.Linear(48, 96)
+    x = torch.randn(2, 7, 5, 48)
+    reference = {None: lambda y: y, "gelu": F.gelu, "relu": F.relu}[activation](layer(x))
+    with torch.inference_mode():
+        got = fast_ops.linear(x, layer, activation)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fast_ops.linear(x, layer, activation)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_fused_linear_keeps_autograd():
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    fast_ops.linear(x, layer, "gelu").sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("input_size", "original_size"),
+    [((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (300, 300)), ((577, 1024), (97, 172))],
+)
+def test_matrix_postprocess_matches_two_interpolations(ref_model, input_size, original_size):
+    low = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 8
+    size = ref_model.image_encoder.img_size
+    expected = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
+    expected = expected[..., : input_size[0], : input_size[1]]
+    expected = F.interpolate(expected, original_size, mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        got = ref_model.postprocess_masks(low, input_size, original_size)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4
+    assert torch.equal(got > 0, expected > 0)
+
+
+@pytest.fixture(scope="module")
+def fp32_predictor(ref_model, reference_arrays):
+    p = SamPredictor(ref_model)
+    p.set_image(reference_arrays["img0"])
+    return p
+
+
+def test_predict_batch_shares_image_work_without_changing_results(fp32_predictor):
+    """Many prompts in one call (image side computed once, broadcast) equal one call per prompt."""
+    h, w = fp32_predictor.original_size
+    rng = np.random.default_rng(0)
+    points = np.stack([rng.uniform(0, w, 6), rng.uniform(0, h, 6)], -1)
+    labels = np.ones((6, 1))
+    masks, iou, logits = fp32_predictor.predict_batch(points[:, None], labels)
+    for i, pt in enumerate(points):
+        m, s, lg = fp32_predictor.predict(pt[None], labels[i])
+        assert np.abs(lg - logits[i]).max() < 1e-4
+        assert np.abs(s - iou[i]).max() < 1e-5
+        assert (m != masks[i]).mean() < 1e-4
+
+
+def _run_case(predictor, spec, arrays):
+    kwargs = {"multimask_output": spec["multimask_output"]}
+    if "point_coords" in spec:
+        kwargs["point_coords"] = np.array(spec["point_coords"])
+        kwargs["point_labels"] = np.array(spec["point_labels"])
+    if "box" in spec:
+        kwargs["box"] = np.array(spec["box"])
+    return predictor.predict(**kwargs)[0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_masks_agree_with_fp32(ref_model, reference_arrays, manifest, precision):
+    fast = {name: SamPredictor(ref_model, precision=precision) for name in ("img0", "img1")}
+    exact = {name: SamPredictor(ref_model) for name in ("img0", "img1")}
+    for name in fast:
+        fast[name].set_image(reference_arrays[name])
+        exact[name].set_image(reference_arrays[name])
+        assert fast[name].get_image_embedding().dtype == torch.float32
+        # Reduced precision really ran: the embedding is close to, but not exactly, fp32's.
+        diff = (fast[name].get_image_embedding() - exact[name].get_image_embedding()).abs().max()
+        assert 0 < diff < 0.1 * exact[name].get_image_embedding().abs().max()
+    for case in POINT_CASES:
+        spec = manifest["predictor_cases"][case]
+        got = _run_case(fast[spec["image"]], spec, reference_arrays)
+        ref = _run_case(exact[spec["image"]], spec, reference_arrays)
+        for a, b in zip(got, ref):
+            assert b.any()
+            assert mask_iou(a, b) >= 0.97, (case, mask_iou(a, b))
+
+
+def test_reduced_precision_leaves_the_model_unchanged(ref_model):
+    before = {k: v.clone() for k, v in ref_model.state_dict().items()}
+    SamPredictor(ref_model, precision="int8")
+    after = ref_model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert type(ref_model.image_encoder.blocks[0].attn.qkv) is torch.nn.Linear
+
+
+def test_unknown_precision_is_rejected(ref_model):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SamPredictor(ref_model, precision="fp8")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
+def test_compiled_encoder_matches_eager(ref_model, reference_arrays, fp32_predictor):
+    compiled = SamPredictor(ref_model, compile=True)
+    compiled.set_image(reference_arrays["img0"])
+    ref = fp32_predictor.get_image_embedding()
+    rel = (compiled.get_image_embedding() - ref).abs().max() / ref.abs().max()
+    assert rel < 1e-4
+
+
+def test_bench_command_prints_a_table(ref_checkpoint, capsys):
+    from segany.cli import main
+
+    argv = ["bench", "--checkpoint", str(ref_checkpoint), "--step", "decoder", "--prompts", "5"]
+    assert main(argv + ["--repeats", "1", "--no-official"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("segany bench: custom, ") and "official package off" in out[0]
+    assert out[1].split() == ["step", "segany", "official", "speed-up"]
+    per_prompt = next(line for line in out if line.startswith("predict, per prompt"))
+    assert float(per_prompt.split()[3]) > 0 and per_prompt.split()[-1] == "-"
+    assert any(line.startswith("5 prompts: predict_batch vs 5 calls") for line in out)
+
+
+def test_bench_command_rejects_bad_numbers(ref_checkpoint, capsys):
+    from segany.cli import main
+
+    assert main(["bench", "--checkpoint", str(ref_checkpoint), "--repeats", "0"]) == 2
+    assert "--repeats and --prompts must be at least 1" in capsys.readouterr().err
