@@ -120,8 +120,6 @@ def _blockwise_attention(
     k_t = k.transpose(1, 2).contiguous()
     groups = max(1, ATTENTION_CHUNK_ELEMENTS // (n * n))  # many small windows per step
     rows = h if groups > 1 else max(1, ATTENTION_CHUNK_ELEMENTS // (w * n))  # or a few query rows
-    if groups == 1 and _check_onednn_linear():
-        return _rowwise_attention_onednn(q_scaled, k, v, rel_h, rel_w, rows, out)
     for g0 in range(0, bh, groups):
         g1 = min(bh, g0 + groups)
         for r0 in range(0, h, rows):
@@ -130,29 +128,4 @@ def _blockwise_attention(
             scores = torch.baddbmm(bias.reshape(g1 - g0, (r1 - r0) * w, n), q_scaled[g0:g1, r0 * w : r1 * w], k_t[g0:g1])
             probs = torch.softmax(scores, dim=-1)
             torch.bmm(probs, v[g0:g1], out=out[g0:g1, r0 * w : r1 * w])
-    return out
-
-
-def _rowwise_attention_onednn(
-    q_scaled: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
-    rows: int,
-    out: torch.Tensor,
-) -> torch.Tensor:
-    """Global attention one head and a few query rows at a time, both products as oneDNN
-    matmuls (q @ k^T is a linear layer with weight k; p @ v one with weight v^T): on CPUs where
-    MKL's batched sgemm is slow this halves the attention time. Shapes as in _blockwise_attention."""
-    h, w = rel_h.shape[1], rel_h.shape[2]
-    n = k.shape[1]
-    v_t = v.transpose(1, 2).contiguous()
-    for g in range(q_scaled.shape[0]):
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            scores = _ONEDNN_LINEAR(q_scaled[g, r0 * w : r1 * w], k[g], None, "none", [], "")
-            grid = scores.view(r1 - r0, w, h, w)
-            grid.add_(rel_h[g, r0:r1, :, :, None]).add_(rel_w[g, r0:r1, :, None, :])
-            out[g, r0 * w : r1 * w] = _ONEDNN_LINEAR(torch.softmax(scores, dim=-1), v_t[g], None, "none", [], "")
     return out
