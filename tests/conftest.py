@@ -55,6 +55,19 @@ def ref_model(reference_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def predictors(ref_model, reference_arrays):
+    """Predictors of the fixture model with each reference image set (read-only: do not re-set)."""
+    from segany import SamPredictor
+
+    out = {}
+    for name in ("img0", "img1"):
+        p = SamPredictor(ref_model)
+        p.set_image(reference_arrays[name])
+        out[name] = p
+    return out
+
+
+@pytest.fixture(scope="session")
 def ref_checkpoint(reference_dir: Path) -> Path:
     return reference_dir / "ref_small.pth"
 

@@ -53,16 +53,6 @@ def feeds_for(spec: dict, arrays, predictor: SamPredictor) -> dict[str, np.ndarr
     }
 
 
-@pytest.fixture(scope="module")
-def predictors(ref_model, reference_arrays):
-    out = {}
-    for name in ("img0", "img1"):
-        p = SamPredictor(ref_model)
-        p.set_image(reference_arrays[name])
-        out[name] = p
-    return out
-
-
 def test_signature_is_the_official_one(session, decoder_bytes):
     import onnx
 

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from segany import SamPredictor
-
 CASES = [
     "img0_point1",
     "img0_points_pos_neg",
@@ -22,16 +20,6 @@ CASES = [
     "img1_mask_feedback",
     "img1_batched_boxes",
 ]
-
-
-@pytest.fixture(scope="module")
-def predictors(ref_model, reference_arrays):
-    out = {}
-    for name in ("img0", "img1"):
-        p = SamPredictor(ref_model)
-        p.set_image(reference_arrays[name])
-        out[name] = p
-    return out
 
 
 def test_manifest_lists_every_case(manifest):
