@@ -14,7 +14,8 @@ from pycocotools import mask as mask_utils
 from segany import SamPredictor
 from segany.automatic import SamAutomaticMaskGenerator
 from segany.batched_decoder import SharedImageMaskDecoder
-from segany.masks import build_point_grid, decode_rle
+from segany.masks import build_point_grid, decode_rle, logits_to_boxes, stability_score
+from segany.resized_stats import ResizedLogitStats
 
 CONFIGS = ["amg_grid16_nms_off", "amg_grid16_default_filters", "amg_grid8_crop1"]
 
@@ -144,12 +145,51 @@ def test_partial_upsampling_equals_postprocess_masks(ref_model, img0):
     generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
     torch.manual_seed(0)
     low_res = torch.randn(3, 256, 256) * 5
-    for input_size, size in [((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (64, 64))]:
+    # The last two: an image whose long side is the encoder's input size (no second resize).
+    cases = [((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (64, 64)),
+             ((768, 1024), (768, 1024)), ((1024, 1024), (1024, 1024))]
+    for input_size, size in cases:
         want = ref_model.postprocess_masks(low_res[:, None], input_size, size)[:, 0]
         got = torch.cat([x for _, x in generator._upsample(low_res, input_size, size)])
         # postprocess_masks runs the two resizes as matrix products: equal up to float rounding.
         assert (got - want).abs().max() < 1e-4, input_size
         assert torch.equal(got > 0, want > 0), input_size
+
+
+@pytest.fixture(scope="module")
+def object_logits(data_dir):
+    """Low-res logits shaped like real masks: 24 COCO-MVal objects (blurred, +-8 scale) in the
+    top 192 rows of a 256x256 map (a 4:3 image), plus an empty and a full map."""
+    import cv2
+
+    paths = sorted((data_dir / "coco_mval" / "masks").glob("*.png"))[::33][:24]
+    maps = []
+    for path in paths:
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.resize(mask, (256, 192), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        out = np.full((256, 256), -8.0, np.float32)
+        out[:192] = cv2.GaussianBlur(mask * 2 - 1, (0, 0), 2) * 8
+        maps.append(out)
+    maps += [np.full((256, 256), -8.0, np.float32), np.full((256, 256), 8.0, np.float32)]
+    return torch.as_tensor(np.stack(maps))
+
+
+@pytest.mark.parametrize(
+    "input_size, size",
+    [((768, 1024), (768, 1024)), ((768, 1024), (480, 640)), ((768, 1024), (1500, 2000)), ((1024, 683), (333, 222))],
+)
+def test_resized_stats_equal_full_size_computation(ref_model, object_logits, input_size, size):
+    generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
+    full = torch.cat([x for _, x in generator._upsample(object_logits, input_size, size)])
+    stats = ResizedLogitStats((256, 256), ref_model.image_encoder.img_size, input_size, size, object_logits.device)
+    for threshold, offset in [(0.0, 1.0), (0.5, 2.0)]:
+        stability, boxes = stats(object_logits, threshold, offset)
+        want = stability_score(full, threshold, offset)
+        assert torch.equal(stability.isnan(), want.isnan())
+        assert torch.allclose(stability.nan_to_num(), want.nan_to_num(), atol=1e-6)
+        assert torch.equal(boxes, logits_to_boxes(full, threshold))
+    # Noise-like logits (most blocks on an edge) are left to the full computation.
+    assert stats(torch.randn(2, 256, 256) * 3, 0.0, 1.0) is None
 
 
 def small_run(generator, img0, **kwargs):

@@ -18,6 +18,7 @@ from segany.masks import (
     encode_rle_batch,
     generate_crop_boxes,
     is_box_near_crop_edge,
+    logits_to_boxes,
     mask_areas,
     masks_to_boxes,
     masks_to_uncompressed_rle,
@@ -74,6 +75,16 @@ def test_boxes_and_areas(real_masks):
     assert mask_areas(torch.as_tensor(masks)).tolist() == [int(m.sum()) for m in masks]
     # Batched over extra leading dimensions too.
     assert masks_to_boxes(torch.as_tensor(masks).reshape(3, 3, *masks.shape[1:])).shape == (3, 3, 4)
+
+
+def test_logits_to_boxes_equals_boxes_of_thresholded_logits(real_masks):
+    rng = np.random.default_rng(0)
+    # Smooth logits around real object shapes, plus one all-negative map (an empty mask).
+    logits = torch.as_tensor(real_masks.astype(np.float32) * 4 - 2 + rng.normal(0, 1.5, real_masks.shape).astype(np.float32))
+    logits = torch.cat([logits, torch.full_like(logits[:1], -3.0)])
+    for threshold in (0.0, 1.0, -1.0):
+        assert torch.equal(logits_to_boxes(logits, threshold), masks_to_boxes(logits > threshold))
+    assert logits_to_boxes(logits.reshape(3, 3, *logits.shape[1:]), 0.0).shape == (3, 3, 4)
 
 
 def greedy_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:

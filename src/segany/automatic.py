@@ -38,6 +38,7 @@ from .masks import (
     encode_rle_batch,
     generate_crop_boxes,
     is_box_near_crop_edge,
+    logits_to_boxes,
     mask_areas,
     masks_to_boxes,
     masks_to_uncompressed_rle,
@@ -46,6 +47,7 @@ from .masks import (
 )
 from .modeling import Sam
 from .predictor import ImageEmbedding, SamPredictor
+from .resized_stats import ResizedLogitStats
 
 OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -54,6 +56,8 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _UPSAMPLE_CHUNK_ELEMENTS = 2**25
 # Prompts sent through the upscaling convolutions at once (~8 MiB of activations per prompt).
 _UPSCALE_CHUNK_PROMPTS = 16
+# Masks scored at once from their low-res logits (see resized_stats).
+_STATS_CHUNK_MASKS = 64
 
 
 @dataclass
@@ -215,6 +219,7 @@ class SamAutomaticMaskGenerator:
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), dtype=torch.float, device=device)
         offset = torch.tensor([x0, y0, x0, y0], device=device)
 
+        stats = ResizedLogitStats(model.prompt_encoder.mask_input_size, model.image_encoder.img_size, input_size, crop_size, device)
         logits_parts, iou_parts, stab_parts, box_parts, point_parts = [], [], [], [], []
         for start in range(0, len(points), self.points_per_batch):
             batch = coords[start : start + self.points_per_batch, None, :]
@@ -235,7 +240,7 @@ class SamAutomaticMaskGenerator:
             iou = iou[prompts][keep[prompts]]
             prompt_of_mask = (start + prompts).repeat_interleave(keep[prompts].sum(dim=1))
 
-            stab, boxes = self._score_and_box(low_res, input_size, crop_size)
+            stab, boxes = self._score_and_box(low_res, input_size, crop_size, stats)
             ok = torch.ones_like(iou, dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
                 ok &= stab >= self.stability_score_thresh
@@ -286,20 +291,39 @@ class SamAutomaticMaskGenerator:
             x = low_res[start : start + chunk, None, :rows, :cols]
             x = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
             x = x[..., : input_size[0], : input_size[1]]
-            x = F.interpolate(x, tuple(size), mode="bilinear", align_corners=False)
+            if tuple(size) != tuple(input_size):  # resizing to the same size is the identity
+                x = F.interpolate(x, tuple(size), mode="bilinear", align_corners=False)
             yield start, x[:, 0]
 
     def _score_and_box(
-        self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...]
+        self,
+        low_res: torch.Tensor,
+        input_size: tuple[int, int],
+        crop_size: tuple[int, ...],
+        stats: ResizedLogitStats | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stability scores (K,) and boxes (K, 4) in the crop of the upsampled masks."""
         threshold = self.model.mask_threshold
         stab_parts, box_parts = [], []
-        for _, logits in self._upsample(low_res, input_size, crop_size):
-            stab_parts.append(stability_score(logits, threshold, self.stability_score_offset))
-            box_parts.append(masks_to_boxes(logits > threshold))
+        for start in range(0, len(low_res), _STATS_CHUNK_MASKS):
+            chunk = low_res[start : start + _STATS_CHUNK_MASKS]
+            result = stats(chunk, threshold, self.stability_score_offset) if stats is not None else None
+            if result is None:  # full-size logits
+                result = self._score_and_box_full(chunk, input_size, crop_size)
+            stab_parts.append(result[0])
+            box_parts.append(result[1])
         if not stab_parts:
             return low_res.new_zeros(0), torch.zeros((0, 4), dtype=torch.int64, device=low_res.device)
+        return torch.cat(stab_parts), torch.cat(box_parts)
+
+    def _score_and_box_full(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        threshold = self.model.mask_threshold
+        stab_parts, box_parts = [], []
+        for _, logits in self._upsample(low_res, input_size, crop_size):
+            stab_parts.append(stability_score(logits, threshold, self.stability_score_offset))
+            box_parts.append(logits_to_boxes(logits, threshold))
         return torch.cat(stab_parts), torch.cat(box_parts)
 
     @staticmethod

@@ -28,6 +28,7 @@ from torch import nn
 
 from .modeling import Sam
 from .modeling.common import LayerNorm2d
+from .modeling.fast_ops import linear_act
 from .modeling.transformer import Attention
 
 
@@ -91,13 +92,14 @@ class SharedImageMaskDecoder:
         self.first_v = _heads(t2i.v_proj(self.src), t2i.num_heads)[0]  # (h, N, c)
         self.first_q = _heads(i2t.q_proj(src_pos), i2t.num_heads)[0]  # (h, N, c)
 
-        # Upscaling convolutions as per-pixel matrices: (C_in, 2*2*C_out), columns ordered (dy, dx, out).
+        # Upscaling convolutions as per-pixel linear maps: weight (2*2*C_out, C_in), rows ordered (dy, dx, out).
         conv1, norm, act1, conv2, act2 = upscaling
-        self.up1_w = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)
+        if not (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == act2.approximate == "none"):
+            raise ValueError("unexpected mask decoder upscaling activations (exact GELU expected)")
+        self.up1_w = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels).contiguous()
         self.up1_b = conv1.bias.repeat(4)
         self.up_norm = norm
-        self.up_act1, self.up_act2 = act1, act2
-        self.up2_w = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
+        self.up2_w = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.in_channels).contiguous()
         self.up2_b = conv2.bias.repeat(4)
 
     # -- attention pieces -------------------------------------------------------------------
@@ -232,10 +234,9 @@ class SharedImageMaskDecoder:
         b = image.shape[0]
         h, w = self.grid
         c1 = self.up_norm.weight.shape[0]
-        x = torch.addmm(self.up1_b, image.reshape(-1, image.shape[-1]), self.up1_w)  # (B*N, 4*c1)
-        x = x.reshape(-1, c1)
-        x = self.up_act1(F.layer_norm(x, (c1,), self.up_norm.weight, self.up_norm.bias, self.up_norm.eps))
-        x = self.up_act2(torch.addmm(self.up2_b, x, self.up2_w))  # (B*N*4, 4*c2)
+        x = linear_act(image.reshape(-1, image.shape[-1]), self.up1_w, self.up1_b)  # (B*N, 4*c1)
+        x = F.gelu(F.layer_norm(x.reshape(-1, c1), (c1,), self.up_norm.weight, self.up_norm.bias, self.up_norm.eps))
+        x = linear_act(x, self.up2_w, self.up2_b, "gelu")  # (B*N*4, 4*c2)
         c2 = hyper.shape[-1]
         x = x.reshape(b, -1, c2) @ hyper.transpose(1, 2)  # (B, N*16, M)
         m = hyper.shape[1]

@@ -100,13 +100,24 @@ def mask_areas(masks: torch.Tensor) -> torch.Tensor:
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(..., H, W) bool -> (..., 4) int64 XYXY boxes with inclusive max coordinates;
     ``[0, 0, 0, 0]`` for an empty mask."""
-    h, w = masks.shape[-2:]
     if masks.numel() == 0:
         return torch.zeros(*masks.shape[:-2], 4, dtype=torch.int64, device=masks.device)
-    rows = masks.any(dim=-1)  # (..., H)
-    cols = masks.any(dim=-2)  # (..., W)
-    y = torch.arange(h, device=masks.device)
-    x = torch.arange(w, device=masks.device)
+    return _boxes_from_rows_cols(masks.any(dim=-1), masks.any(dim=-2))
+
+
+def logits_to_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``masks_to_boxes(logits > threshold)`` without building the masks: a row or column holds
+    mask pixels exactly when its maximum is above the threshold."""
+    if logits.numel() == 0:
+        return torch.zeros(*logits.shape[:-2], 4, dtype=torch.int64, device=logits.device)
+    return _boxes_from_rows_cols(logits.amax(dim=-1) > threshold, logits.amax(dim=-2) > threshold)
+
+
+def _boxes_from_rows_cols(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Boxes from (..., H) and (..., W) bools telling which rows and columns hold mask pixels."""
+    h, w = rows.shape[-1], cols.shape[-1]
+    y = torch.arange(h, device=rows.device)
+    x = torch.arange(w, device=rows.device)
     bottom = torch.where(rows, y, -1).amax(dim=-1)
     top = torch.where(rows, y, h).amin(dim=-1)
     right = torch.where(cols, x, -1).amax(dim=-1)

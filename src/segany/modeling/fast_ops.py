@@ -62,9 +62,20 @@ _ACTIVATIONS = {None: (lambda y: y, "none", ""), "gelu": (F.gelu, "gelu", "none"
 def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None) -> torch.Tensor:
     """``layer(x)`` followed by ``activation`` (None, "gelu" (exact) or "relu"), fused through
     oneDNN on CPU inference with an nn.Linear; plain PyTorch otherwise."""
+    if isinstance(layer, nn.Linear):
+        return linear_act(x, layer.weight, layer.bias, activation)
+    if x.dtype != torch.float32:
+        x = x.float()  # dynamically quantized int8 layers take fp32 activations only
+    return _ACTIVATIONS[activation][0](layer(x))
+
+
+def linear_act(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
+) -> torch.Tensor:
+    """``activation(x @ weight.T + bias)`` for a (out, in) weight, as ``F.linear``; fused through
+    oneDNN on CPU inference, plain PyTorch otherwise."""
     act, attr, algorithm = _ACTIVATIONS[activation]
-    if isinstance(layer, nn.Linear) and x.device.type == "cpu":
-        weight, bias = layer.weight, layer.bias
+    if x.device.type == "cpu":
         dtype = _autocast_dtype(x) or x.dtype
         if (
             dtype in (torch.float32, torch.bfloat16)
@@ -75,9 +86,7 @@ def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None) -> 
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
             return _ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
-    if not isinstance(layer, nn.Linear) and x.dtype != torch.float32:
-        x = x.float()  # dynamically quantized int8 layers take fp32 activations only
-    return act(layer(x))
+    return act(F.linear(x, weight, bias))
 
 
 def rel_pos_attention(
