@@ -52,10 +52,11 @@ from .resized_stats import ResizedLogitStats
 OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
-# Upsampled logits are produced in chunks of at most this many floats (128 MiB).
-_UPSAMPLE_CHUNK_ELEMENTS = 2**25
-# Prompts sent through the upscaling convolutions at once (~8 MiB of activations per prompt).
-_UPSCALE_CHUNK_PROMPTS = 16
+# Upsampled logits are produced in chunks of at most this many floats (8 MiB): each chunk is
+# resized, thresholded and counted while it is in cache (~3x faster than 128 MiB chunks here).
+_UPSAMPLE_CHUNK_ELEMENTS = 2**21
+# Prompts decoded at once on CPU (see _decode_batch).
+_CPU_DECODE_CHUNK_PROMPTS = 4
 # Masks scored at once from their low-res logits (see resized_stats).
 _STATS_CHUNK_MASKS = 64
 
@@ -225,20 +226,10 @@ class SamAutomaticMaskGenerator:
             batch = coords[start : start + self.points_per_batch, None, :]
             labels = torch.ones(batch.shape[:2], dtype=torch.int, device=device)
             sparse, _ = model.prompt_encoder(points=(batch, labels), boxes=None, masks=None)
-            iou, hyper, image_tokens = decoder.decode_tokens(sparse, multimask_output=True)  # (B, 3)
-            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-            prompts = keep.any(dim=1).nonzero().squeeze(1)
-            if len(prompts) == 0:
+            low_res, iou, prompts = self._decode_batch(decoder, sparse)
+            if len(iou) == 0:
                 continue
-            low_res = torch.cat(
-                [
-                    decoder.upscale_masks(image_tokens[p], hyper[p])
-                    for p in prompts.split(_UPSCALE_CHUNK_PROMPTS)
-                ]
-            )[keep[prompts]]  # (K, 256, 256), prompt-major like the official order
-            del image_tokens
-            iou = iou[prompts][keep[prompts]]
-            prompt_of_mask = (start + prompts).repeat_interleave(keep[prompts].sum(dim=1))
+            prompt_of_mask = start + prompts
 
             stab, boxes = self._score_and_box(low_res, input_size, crop_size, stats)
             ok = torch.ones_like(iou, dtype=torch.bool)
@@ -274,6 +265,32 @@ class SamAutomaticMaskGenerator:
             boxes=boxes[keep],
             points=points[prompt_of_mask[keep_cpu].numpy()] + np.array([x0, y0]),
         )
+
+    def _decode_batch(
+        self, decoder: SharedImageMaskDecoder, sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode a batch of point prompts; keep the masks whose predicted IoU passes.
+
+        Returns their low-res logits (K, 256, 256), IoU predictions (K,) and prompt indices (K,),
+        prompt-major like the official order. On CPU the prompts go through the decoder a few at
+        a time, so that their per-prompt image tokens (4 MiB each for a 64x64 grid) stay in cache.
+        """
+        step = _CPU_DECODE_CHUNK_PROMPTS if sparse.device.type == "cpu" else len(sparse)
+        logits, ious, prompt_ids = [], [], []
+        for start in range(0, len(sparse), step):
+            iou, hyper, image_tokens = decoder.decode_tokens(sparse[start : start + step], multimask_output=True)
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+            prompts = keep.any(dim=1).nonzero().squeeze(1)
+            if len(prompts) == 0:
+                continue
+            kept = keep[prompts]
+            logits.append(decoder.upscale_masks(image_tokens[prompts], hyper[prompts])[kept])
+            ious.append(iou[prompts][kept])
+            prompt_ids.append((start + prompts).repeat_interleave(kept.sum(dim=1)))
+        if not logits:
+            empty = torch.zeros(0, device=sparse.device)
+            return empty.reshape(0, *decoder.model.prompt_encoder.mask_input_size), empty, empty.long()
+        return torch.cat(logits), torch.cat(ious), torch.cat(prompt_ids)
 
     def _upsample(self, low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, ...]):
         """Yield (start, logits) chunks of (k, H, W) logits at ``size`` for (K, 256, 256) low-res logits.

@@ -171,7 +171,6 @@ class SamPredictor:
         Returns masks (C, H, W), IoU predictions (C,), low-res logits (C, 256, 256), C = 3 or 1.
         """
         self._require_image()
-        coords = labels = box_t = mask_t = None
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("point_labels must be supplied with point_coords")
@@ -179,19 +178,37 @@ class SamPredictor:
             point_labels = np.asarray(point_labels)
             if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_labels) != len(point_coords):
                 raise ValueError("point_coords must be (N, 2) and point_labels (N,)")
-            coords = torch.as_tensor(
-                self.transform.apply_coords(point_coords, self.original_size), dtype=torch.float, device=self.device
-            )[None]
-            labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+            point_coords, point_labels = point_coords[None], point_labels[None]
         if box is not None:
-            box_t = torch.as_tensor(
-                self.transform.apply_boxes(np.asarray(box), self.original_size), dtype=torch.float, device=self.device
-            )[None, :]
-            box_t = box_t.reshape(1, 4)
+            box = np.asarray(box).reshape(1, 4)
         if mask_input is not None:
-            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)[None]
+            mask_input = np.asarray(mask_input)[None]
+        coords, labels, box_t, mask_t = self._prompt_tensors(point_coords, point_labels, box, mask_input)
         masks, iou, low_res = self.predict_torch(coords, labels, box_t, mask_t, multimask_output, return_logits)
         return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    def _prompt_tensors(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[torch.Tensor | None, ...]:
+        """Batched prompts in original-image pixels -> tensors in the encoder's frame:
+        coords (B, N, 2), labels (B, N), boxes (B, 4), mask_input (B, 1, h, w)."""
+        coords = labels = box_t = mask_t = None
+        if point_coords is not None:
+            coords = torch.as_tensor(
+                self.transform.apply_coords(np.asarray(point_coords), self.original_size), dtype=torch.float, device=self.device
+            )
+            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=self.device)
+        if boxes is not None:
+            box_t = torch.as_tensor(
+                self.transform.apply_boxes(np.asarray(boxes), self.original_size), dtype=torch.float, device=self.device
+            ).reshape(-1, 4)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
+        return coords, labels, box_t, mask_t
 
     @torch.no_grad()
     def predict_torch(
@@ -273,23 +290,13 @@ class SamPredictor:
         subset, with one B. Returns masks (B, C, H, W), IoU (B, C), logits (B, C, 256, 256).
         """
         self._require_image()
-        coords = labels = box_t = mask_t = None
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("point_labels must be supplied with point_coords")
             point_coords = np.asarray(point_coords, dtype=float)
             if point_coords.ndim != 3 or point_coords.shape[2] != 2:
                 raise ValueError("point_coords must be (B, N, 2)")
-            coords = torch.as_tensor(
-                self.transform.apply_coords(point_coords, self.original_size), dtype=torch.float, device=self.device
-            )
-            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=self.device)
-        if boxes is not None:
-            box_t = torch.as_tensor(
-                self.transform.apply_boxes(np.asarray(boxes), self.original_size), dtype=torch.float, device=self.device
-            )
-        if mask_input is not None:
-            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
+        coords, labels, box_t, mask_t = self._prompt_tensors(point_coords, point_labels, boxes, mask_input)
         masks, iou, low_res = self.predict_torch(coords, labels, box_t, mask_t, multimask_output, return_logits)
         return masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
 
