@@ -12,7 +12,9 @@ only imported when installed (``pip install -e ".[bench]"``); without it only se
 Weights: ``--checkpoint`` (any official-layout SAM checkpoint; default the test fixture
 ``ref_small.pth``, a small random-weight ViT whose decoder is the full SAM decoder), or
 ``--random-vit-b``: a random-init ViT-B whose hypernetwork outputs are scaled x300 and IoU head
-x20 (+0.8 bias) like the fixture, so that the filters act on its masks.
+x20 (+0.8 bias) like the fixture, so that the filters act on its masks; or ``--default-model``:
+segany's shipped trained model (256 px input), the one model here whose masks look like real ones
+(random weights give noise-like masks, which take segany's slower scoring path).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ CONFIGS = {
     "permissive": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0},
     # The filters of the fixture's "nms_off" run: hundreds of masks reach the output.
     "nms_off": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
+    # No IoU filter (for models with a weak IoU head, e.g. the default model), stability and NMS on.
+    "no_iou_filter": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.9},
     # Crops and small-region clean-up.
     "crops": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "crop_n_layers": 1,
               "crop_n_points_downscale_factor": 2, "min_mask_region_area": 100},
@@ -60,6 +64,11 @@ def load_weights(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str
             decoder.iou_prediction_head.layers[-1].weight.mul_(20)
             decoder.iou_prediction_head.layers[-1].bias.mul_(20).add_(0.8)
         return {k: v.clone() for k, v in model.state_dict().items()}, "random vit_b (seed 0, decoder outputs scaled)"
+    if args.default_model:
+        from segany import DEFAULT_MODEL
+
+        state, _ = read_checkpoint(DEFAULT_MODEL)
+        return state, "segany default model (trained, 256 px input)"
     state, _ = read_checkpoint(args.checkpoint)
     return state, str(args.checkpoint)
 
@@ -84,13 +93,47 @@ def build_ours(state):
 
 
 def build_official(state, config):
-    build = importlib.import_module("segment_anything.build_sam")
-    model = build._build_sam(
-        encoder_embed_dim=config.encoder_embed_dim,
-        encoder_depth=config.encoder_depth,
-        encoder_num_heads=config.encoder_num_heads,
-        encoder_global_attn_indexes=list(config.encoder_global_attn_indexes),
-        checkpoint=None,
+    """The official Sam with the same architecture, built from its modules (any SamConfig, e.g. the
+    256 px default model, not only the three registry sizes), loaded with the same tensors."""
+    from functools import partial
+
+    modeling = importlib.import_module("segment_anything.modeling")
+    grid = config.img_size // config.patch_size
+    model = modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.img_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=config.layernorm_eps),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=config.use_rel_pos,
+            global_attn_indexes=list(config.encoder_global_attn_indexes),
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=modeling.TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
     )
     model.load_state_dict(state)
     return model.eval()
@@ -155,6 +198,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(REFERENCE / "ref_small.pth"))
     parser.add_argument("--random-vit-b", action="store_true", help="random ViT-B weights (see above)")
+    parser.add_argument(
+        "--default-model", action="store_true", help="segany's trained default model (smooth, real masks)"
+    )
     parser.add_argument("--image", help="an image file (default: the fixture's img0, 640x480)")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")

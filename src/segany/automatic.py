@@ -13,9 +13,12 @@ The results are those of the official algorithm, computed differently:
   the prompt-independent work once per image and folds projections into the few prompt tokens;
 * masks are filtered by predicted IoU *before* their logits are upsampled, and prompts with no
   surviving mask skip the upscaling convolutions altogether;
-* survivors are upsampled in bounded chunks, scored, boxed and filtered as tensors on the
-  model's device; only their 256x256 logits are kept, and full-size masks are rebuilt once, for
-  the masks that survive NMS.
+* on CPU, prompts go through the decoder a few at a time and logits are resized in 8 MiB
+  chunks, so that each step works in cache rather than streaming hundreds of MiB;
+* survivors are scored (stability) and boxed from their low-res logits where the masks are
+  smooth (:mod:`segany.resized_stats`: only blocks along mask edges are resized pixel by pixel),
+  or from upsampled chunks otherwise, and filtered as tensors on the model's device; only their
+  256x256 logits are kept, and full-size masks are rebuilt once, for the masks that survive NMS.
 """
 
 from __future__ import annotations

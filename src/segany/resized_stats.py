@@ -26,8 +26,9 @@ from .modeling.sam import _resize_weights
 # Window extrema are compared with a threshold +- this margin (relative to the logits' magnitude),
 # far above the rounding of a convex combination of float32 values.
 _MARGIN = 1e-4
-# Above this share of mixed blocks the pixel-by-pixel part costs more than resizing everything.
-MAX_MIXED_FRACTION = 0.1
+# Above this share of output pixels in mixed blocks, the pixel-by-pixel part costs more than
+# resizing everything.
+MAX_MIXED_FRACTION = 0.2
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ResizedLogitStats:
     ) -> None:
         self.rows = _Axis.from_weights(_resize_weights(low_shape[0], img_size, int(input_size[0]), int(size[0]), device))
         self.cols = _Axis.from_weights(_resize_weights(low_shape[1], img_size, int(input_size[1]), int(size[1]), device))
+        self.output_pixels = int(size[0]) * int(size[1])
         self.row_counts = self.rows.count.double()  # (Gr,)
         self.col_counts = self.cols.count.double()  # (Gc,)
 
@@ -132,8 +134,8 @@ class ResizedLogitStats:
         """(K, h, w) low-res logits -> stability scores (K,) and XYXY int64 boxes (K, 4) of the
         resized logits thresholded at ``threshold`` (as ``stability_score`` and ``logits_to_boxes``).
 
-        Returns None when more than ``MAX_MIXED_FRACTION`` of the blocks are mixed (noise-like
-        logits), where computing the full-size logits is cheaper."""
+        Returns None when mixed blocks hold more than ``MAX_MIXED_FRACTION`` of the output pixels
+        (noise-like logits), where computing the full-size logits is cheaper."""
         device = logits.device
         logits = logits.float()
         lo, hi = self._window_extrema(logits)
@@ -144,7 +146,7 @@ class ResizedLogitStats:
         for t, s in zip(thresholds, sure):
             mixed |= (hi > t - margin) & ~s
         k, g, h = mixed.nonzero(as_tuple=True)
-        if len(k) > MAX_MIXED_FRACTION * mixed.numel():
+        if self._pixels(mixed).sum() > MAX_MIXED_FRACTION * len(logits) * self.output_pixels:
             return None
         values = self._block_values(logits, k, g, h)  # NaN compares False: padding never counts
 
