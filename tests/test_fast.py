@@ -150,7 +150,8 @@ def test_compiled_encoder_matches_eager(ref_model, reference_arrays, fp32_predic
 def test_bench_command_prints_a_table(ref_checkpoint, capsys):
     from segany.cli import main
 
-    argv = ["bench", "--checkpoint", str(ref_checkpoint), "--step", "decoder", "--prompts", "5"]
+    argv = ["bench", "--checkpoint", str(ref_checkpoint), "--step", "decoder", "everything", "--prompts", "5"]
+    argv += ["--points-per-side", "3"]
     assert main(argv + ["--repeats", "1", "--no-official"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("segany bench: custom, ") and "official package off" in out[0]
@@ -158,10 +159,27 @@ def test_bench_command_prints_a_table(ref_checkpoint, capsys):
     per_prompt = next(line for line in out if line.startswith("predict, per prompt"))
     assert float(per_prompt.split()[3]) > 0 and per_prompt.split()[-1] == "-"
     assert any(line.startswith("5 prompts: predict_batch vs 5 calls") for line in out)
+    everything = next(line for line in out if line.startswith("everything, 3x3 points"))
+    assert float(everything.split()[3]) > 0 and everything.split()[-1] == "-"
 
 
 def test_bench_command_rejects_bad_numbers(ref_checkpoint, capsys):
     from segany.cli import main
 
     assert main(["bench", "--checkpoint", str(ref_checkpoint), "--repeats", "0"]) == 2
-    assert "--repeats and --prompts must be at least 1" in capsys.readouterr().err
+    assert "--repeats, --prompts and --points-per-side must be at least 1" in capsys.readouterr().err
+
+
+def test_match_records_pairs_the_same_masks(ref_model, reference_arrays):
+    from segany.automatic import SamAutomaticMaskGenerator
+    from segany.benchmark import match_records
+
+    params = dict(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    params["output_mode"] = "coco_rle"
+    records = SamAutomaticMaskGenerator(ref_model, **params).generate(reference_arrays["img0"])
+    assert len(records) > 3
+    same = match_records(records, records[::-1])  # order does not matter, masks do
+    assert same["matched"] == same["official"] == same["ours"] == len(records)
+    assert same["max_field_diff"]["predicted_iou"] == 0.0
+    fewer = match_records(records[1:], records)
+    assert fewer["matched"] == len(records) - 1

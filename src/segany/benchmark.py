@@ -242,6 +242,98 @@ def bench_decoder(
     return result
 
 
+def match_records(ours: list[dict], official: list[dict], min_iou: float = 0.99) -> dict[str, Any]:
+    """One-to-one matching of two generate() outputs (coco_rle records) at mask IoU >= min_iou
+    (pycocotools IoU on the runs), with the largest difference of each matched field.
+
+    Each official mask is compared first with ours at the same position (both sort by predicted
+    IoU), and only searched among all of ours when that fails.
+    """
+    from pycocotools import mask as mask_utils
+
+    def rle(record):
+        return {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode("ascii")}
+
+    ours_rle = [rle(r) for r in ours]
+    pairs, taken, worst = [], set(), 1.0
+    for j, record in enumerate(official):
+        target = [rle(record)]
+        if j < len(ours) and j not in taken:
+            iou = float(mask_utils.iou([ours_rle[j]], target, [0])[0][0])
+            if iou >= min_iou:
+                pairs.append((j, j))
+                taken.add(j)
+                worst = min(worst, iou)
+                continue
+        ious = np.asarray(mask_utils.iou(ours_rle, target, [0])).ravel() if ours_rle else np.zeros(0)
+        for i in np.argsort(-ious):
+            if ious[i] < min_iou:
+                break
+            if int(i) not in taken:
+                pairs.append((int(i), j))
+                taken.add(int(i))
+                worst = min(worst, float(ious[i]))
+                break
+    field_diff = {}
+    for key in ("predicted_iou", "stability_score", "area"):
+        field_diff[key] = max((abs(ours[i][key] - official[j][key]) for i, j in pairs), default=0.0)
+    for key in ("bbox", "crop_box", "point_coords"):
+        field_diff[key] = max(
+            (float(np.abs(np.array(ours[i][key], float) - np.array(official[j][key], float)).max()) for i, j in pairs),
+            default=0.0,
+        )
+    return {
+        "matched": len(pairs),
+        "official": len(official),
+        "ours": len(ours),
+        "same_position": sum(i == j for i, j in pairs),
+        "min_matched_iou": worst if pairs else None,
+        "max_field_diff": field_diff,
+    }
+
+
+def bench_everything(
+    model: Sam,
+    official: torch.nn.Module | None,
+    image: np.ndarray,
+    points_per_side: int = 32,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Automatic mask generation (``generate()`` with the official defaults) on one image, segany
+    and official alternating, and whether the outputs are the same masks (:func:`match_records`)."""
+    from .automatic import SamAutomaticMaskGenerator
+
+    params = {"points_per_side": points_per_side, "output_mode": "coco_rle"}
+    outputs: dict[str, list[dict[str, Any]]] = {}
+
+    def run(name: str, generator: Any) -> Callable[[], None]:
+        def go() -> None:
+            # A fresh generator each call: no embedding reuse between repeats.
+            outputs[name] = generator(**params).generate(image)
+
+        return go
+
+    fns = {"segany_generate": run("segany_generate", lambda **p: SamAutomaticMaskGenerator(model, **p))}
+    if official is not None:
+        official_cls = official_package().SamAutomaticMaskGenerator  # type: ignore[union-attr]
+        fns["official_generate"] = run("official_generate", lambda **p: official_cls(official, **p))
+    cpu: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        times = interleaved(fns, repeats, warmup=0, cpu=cpu)
+    result: dict[str, Any] = {
+        "image_shape": list(image.shape),
+        "params": params,
+        "times": {k: summary(v) for k, v in times.items()},
+        "cpu_time": _cpu_summary(cpu, "official_generate"),
+        "masks": {k: len(v) for k, v in outputs.items()},
+    }
+    if official is not None:
+        base = statistics.median(times["official_generate"])
+        result["speedup_vs_official"] = round(base / statistics.median(times["segany_generate"]), 2)
+        result["identity"] = match_records(outputs["segany_generate"], outputs["official_generate"])
+    return result
+
+
 _RSS_SCRIPT = """
 import resource, sys, time, numpy as np, torch
 if sys.argv[2] == "official":

@@ -14,7 +14,7 @@ from ..io import read_image
 from ..predictor import PRECISIONS
 
 EXAMPLE = "segany bench --model-type vit_b --image photo.jpg --precision fp32 bf16 --repeats 3"
-STEPS = ("encoder", "decoder")
+STEPS = ("encoder", "decoder", "everything")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="architecture of the random weights (ignored with --checkpoint)")
     p.add_argument("--checkpoint", metavar="PATH", help="weights (default: random, same for both packages)")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="image(s) (default: a synthetic 640x480)")
-    p.add_argument("--step", nargs="+", default=list(STEPS), choices=STEPS, help="what to time")
+    p.add_argument(
+        "--step", nargs="+", default=["encoder", "decoder"], choices=STEPS,
+        help="what to time (everything: automatic masks, minutes per image for the official package)",
+    )
+    p.add_argument("--points-per-side", type=int, default=32, help="grid of the everything step")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS, help="encoder precisions")
     p.add_argument("--prompts", type=int, default=64, help="point prompts for the decoder step")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (medians are reported)")
@@ -60,8 +64,8 @@ def _row(name: str, ours: float | None, theirs: float | None, unit: str = "s") -
 def run(args: argparse.Namespace) -> int:
     from .. import benchmark
 
-    if args.repeats < 1 or args.prompts < 1:
-        raise UsageError("--repeats and --prompts must be at least 1")
+    if args.repeats < 1 or args.prompts < 1 or args.points_per_side < 1:
+        raise UsageError("--repeats, --prompts and --points-per-side must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     images = [read_image(path) for path in args.image] or [synthetic_image()]
@@ -71,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
         results["encoder"] = benchmark.bench_encoder(model, official, images, args.precision, args.repeats)
     if "decoder" in args.step:
         results["decoder"] = benchmark.bench_decoder(model, official, images[0], args.prompts, args.repeats)
+    if "everything" in args.step:
+        results["everything"] = benchmark.bench_everything(
+            model, official, images[0], args.points_per_side, args.repeats
+        )
     results["environment"] = benchmark.environment()
     if args.json:
         print(json.dumps(results, indent=2))
@@ -101,4 +109,11 @@ def run(args: argparse.Namespace) -> int:
         batch = med("decoder", "segany_predict_batch")
         print(_row("predict, per prompt", each and each / n, base and base / n, "ms"))
         print(_row(f"{n} prompts: predict_batch vs {n} calls", batch, base))
+    if "everything" in results:
+        everything = results["everything"]
+        side = everything["params"]["points_per_side"]
+        print(_row(f"everything, {side}x{side} points", med("everything", "segany_generate"), med("everything", "official_generate")))
+        if "identity" in everything:
+            same = everything["identity"]
+            print(f"  same masks (IoU >= 0.99): {same['matched']} of {same['official']} official, {same['ours']} segany")
     return 0
