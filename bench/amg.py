@@ -145,55 +145,6 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def match_masks(ours: list[dict], official: list[dict], min_iou: float = 0.99) -> dict:
-    """One-to-one matching of COCO-RLE masks at mask IoU >= min_iou (pycocotools IoU on the runs).
-
-    Each official mask is compared first with ours at the same position (both sort by predicted
-    IoU), and only searched among all of ours when that fails.
-    """
-    from pycocotools import mask as mask_utils
-
-    def rle(record):
-        return {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode("ascii")}
-
-    ours_rle = [rle(r) for r in ours]
-    pairs, taken, worst = [], set(), 1.0
-    for j, record in enumerate(official):
-        target = [rle(record)]
-        if j < len(ours) and j not in taken:
-            iou = float(mask_utils.iou([ours_rle[j]], target, [0])[0][0])
-            if iou >= min_iou:
-                pairs.append((j, j))
-                taken.add(j)
-                worst = min(worst, iou)
-                continue
-        ious = np.asarray(mask_utils.iou(ours_rle, target, [0])).ravel() if ours_rle else np.zeros(0)
-        for i in np.argsort(-ious):
-            if ious[i] < min_iou:
-                break
-            if int(i) not in taken:
-                pairs.append((int(i), j))
-                taken.add(int(i))
-                worst = min(worst, float(ious[i]))
-                break
-    field_diff = {}
-    for key in ("predicted_iou", "stability_score", "area"):
-        field_diff[key] = max((abs(ours[i][key] - official[j][key]) for i, j in pairs), default=0.0)
-    for key in ("bbox", "crop_box", "point_coords"):
-        field_diff[key] = max(
-            (float(np.abs(np.array(ours[i][key], float) - np.array(official[j][key], float)).max()) for i, j in pairs),
-            default=0.0,
-        )
-    return {
-        "matched": len(pairs),
-        "official": len(official),
-        "ours": len(ours),
-        "same_position": sum(i == j for i, j in pairs),
-        "min_matched_iou": worst if pairs else None,
-        "max_field_diff": field_diff,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(REFERENCE / "ref_small.pth"))
@@ -210,6 +161,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from segany.automatic import SamAutomaticMaskGenerator
+    from segany.benchmark import match_records
 
     state, weights = load_weights(args)
     image, image_name = load_image(args)
@@ -244,7 +196,7 @@ def main() -> None:
         result["official"] = {"wall_s": round(o_wall, 2), "cpu_s": round(o_cpu, 2), "masks": len(official)}
         result["speedup_wall"] = round(o_wall / wall, 2)
         result["speedup_cpu"] = round(o_cpu / cpu, 2)
-        result["identity"] = match_masks(ours, official)
+        result["identity"] = match_records(ours, official)
     print(json.dumps(result, indent=1))
     sys.stdout.flush()
 
