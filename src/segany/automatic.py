@@ -320,15 +320,15 @@ class SamAutomaticMaskGenerator:
         low_res: torch.Tensor,
         input_size: tuple[int, int],
         crop_size: tuple[int, ...],
-        stats: ResizedLogitStats | None = None,
+        stats: ResizedLogitStats,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stability scores (K,) and boxes (K, 4) in the crop of the upsampled masks."""
         threshold = self.model.mask_threshold
         stab_parts, box_parts = [], []
         for start in range(0, len(low_res), _STATS_CHUNK_MASKS):
             chunk = low_res[start : start + _STATS_CHUNK_MASKS]
-            result = stats(chunk, threshold, self.stability_score_offset) if stats is not None else None
-            if result is None:  # full-size logits
+            result = stats(chunk, threshold, self.stability_score_offset)
+            if result is None:  # noise-like logits: full-size logits are cheaper
                 result = self._score_and_box_full(chunk, input_size, crop_size)
             stab_parts.append(result[0])
             box_parts.append(result[1])

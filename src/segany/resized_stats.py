@@ -36,6 +36,7 @@ class _Axis:
     """One axis of the resize, output indices grouped by their low-res window."""
 
     start: torch.Tensor  # (G,) first low-res index of each group's window
+    index: torch.Tensor  # (G, W) low-res indices of each group's window (clamped at the far edge)
     first: torch.Tensor  # (G,) first output index of each group
     count: torch.Tensor  # (G,) output indices in each group (they are consecutive)
     weights: torch.Tensor  # (G, P, W) weights of each group's outputs (zero-padded) over its window
@@ -55,20 +56,21 @@ class _Axis:
         change = torch.ones(out, dtype=torch.bool, device=weights.device)
         change[1:] = lo[1:] != lo[:-1]
         first = change.nonzero().squeeze(1)
+        start = lo[first]
         count = torch.diff(first, append=torch.tensor([out], device=weights.device))
         group = torch.cumsum(change.long(), 0) - 1
         end = torch.zeros(len(first), dtype=hi.dtype, device=weights.device).scatter_reduce(0, group, hi, "amax")
-        window = int((end - lo[first]).max()) + 1
+        window = int((end - start).max()) + 1
         slots = int(count.max())
         p = torch.arange(slots, device=weights.device)
         valid = p[None, :] < count[:, None]
         rows = (first[:, None] + p[None, :]).clamp(max=out - 1)  # (G, P)
-        cols = (lo[first][:, None] + torch.arange(window, device=weights.device)[None, :]).clamp(max=low - 1)
-        w = weights[rows[:, :, None], cols[:, None, :]]  # (G, P, W)
+        span = start[:, None] + torch.arange(window, device=weights.device)[None, :]  # (G, W)
+        index = span.clamp(max=low - 1)
+        w = weights[rows[:, :, None], index[:, None, :]]  # (G, P, W)
         # Clamped duplicate columns at the far edge must not count twice.
-        dup = (lo[first][:, None] + torch.arange(window, device=weights.device)[None, :]) > low - 1
-        w = w.masked_fill(dup[:, None, :], 0.0).masked_fill(~valid[:, :, None], 0.0)
-        return cls(lo[first], first, count, w, valid, window)
+        w = w.masked_fill((span > low - 1)[:, None, :], 0.0).masked_fill(~valid[:, :, None], 0.0)
+        return cls(start, index, first, count, w, valid, window)
 
 
 class ResizedLogitStats:
@@ -119,9 +121,7 @@ class ResizedLogitStats:
 
     def _block_values(self, logits: torch.Tensor, k: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Exact resized values of blocks (k, g, h): (M, P, Q), padding slots hold NaN."""
-        wr, wc = self.rows.window, self.cols.window
-        rr = (self.rows.start[g][:, None] + torch.arange(wr, device=logits.device)).clamp(max=logits.shape[1] - 1)
-        cc = (self.cols.start[h][:, None] + torch.arange(wc, device=logits.device)).clamp(max=logits.shape[2] - 1)
+        rr, cc = self.rows.index[g], self.cols.index[h]  # (M, Wr), (M, Wc)
         patch = logits[k[:, None, None], rr[:, :, None], cc[:, None, :]]  # (M, Wr, Wc)
         values = self.rows.weights[g] @ patch @ self.cols.weights[h].transpose(1, 2)  # (M, P, Q)
         valid = self.rows.valid[g][:, :, None] & self.cols.valid[h][:, None, :]
