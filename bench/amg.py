@@ -93,50 +93,11 @@ def build_ours(state):
 
 
 def build_official(state, config):
-    """The official Sam with the same architecture, built from its modules (any SamConfig, e.g. the
-    256 px default model, not only the three registry sizes), loaded with the same tensors."""
-    from functools import partial
+    from segany.benchmark import official_sam
 
-    modeling = importlib.import_module("segment_anything.modeling")
-    grid = config.img_size // config.patch_size
-    model = modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(
-            depth=config.encoder_depth,
-            embed_dim=config.encoder_embed_dim,
-            img_size=config.img_size,
-            mlp_ratio=config.mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=config.layernorm_eps),
-            num_heads=config.encoder_num_heads,
-            patch_size=config.patch_size,
-            qkv_bias=True,
-            use_rel_pos=config.use_rel_pos,
-            global_attn_indexes=list(config.encoder_global_attn_indexes),
-            window_size=config.window_size,
-            out_chans=config.prompt_embed_dim,
-        ),
-        prompt_encoder=modeling.PromptEncoder(
-            embed_dim=config.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(config.img_size, config.img_size),
-            mask_in_chans=config.mask_in_chans,
-        ),
-        mask_decoder=modeling.MaskDecoder(
-            num_multimask_outputs=config.num_multimask_outputs,
-            transformer=modeling.TwoWayTransformer(
-                depth=config.decoder_depth,
-                embedding_dim=config.prompt_embed_dim,
-                mlp_dim=config.decoder_mlp_dim,
-                num_heads=config.decoder_num_heads,
-            ),
-            transformer_dim=config.prompt_embed_dim,
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
+    model = official_sam(config)
     model.load_state_dict(state)
-    return model.eval()
+    return model
 
 
 def timed(fn):

@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .modeling import Sam, build_sam
+from .modeling import Sam, SamConfig, build_sam
+from .modeling.sam import PIXEL_MEAN, PIXEL_STD
 from .predictor import PRECISIONS, SamPredictor
 
 
@@ -34,24 +35,66 @@ def official_package() -> ModuleType | None:
         return None
 
 
+def official_sam(config: SamConfig) -> torch.nn.Module:
+    """The official package's Sam with the architecture of ``config`` (any size, e.g. the 256 px
+    default model, not only the registry's three), built from its modules; random init, eval mode."""
+    from functools import partial
+
+    modeling = importlib.import_module("segment_anything.modeling")
+    grid = config.img_size // config.patch_size
+    model = modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.img_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=config.layernorm_eps),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=config.use_rel_pos,
+            global_attn_indexes=list(config.encoder_global_attn_indexes),
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=modeling.TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+    return model.eval()
+
+
 def paired_models(
     model_type: str = "vit_b", checkpoint: str | None = None, with_official: bool = True, seed: int = 0
 ) -> tuple[Sam, torch.nn.Module | None]:
     """segany's model and the official one holding identical weights (random unless checkpoint)."""
-    official = official_package() if with_official else None
     torch.manual_seed(seed)
     if checkpoint is not None:
         from .checkpoints import load_model
 
         ours = load_model(checkpoint)  # architecture inferred from the tensors
-        model_type = ours.config.name
-        if model_type not in ("vit_b", "vit_l", "vit_h"):
-            official = None  # the official registry only builds its three sizes
     else:
         ours = build_sam(model_type)
     other = None
-    if official is not None:
-        other = official.sam_model_registry[model_type]().eval()
+    if with_official and official_package() is not None:
+        other = official_sam(ours.config)
         if checkpoint is None:
             ours.load_state_dict(other.state_dict())
         else:
