@@ -16,8 +16,8 @@ The results are those of the official algorithm, computed differently:
 * on CPU, prompts go through the decoder a few at a time and logits are resized in 8 MiB
   chunks, so that each step works in cache rather than streaming hundreds of MiB;
 * survivors are scored (stability) and boxed from their low-res logits where the masks are
-  smooth (:mod:`segany.resized_stats`: only blocks along mask edges are resized pixel by pixel),
-  or from upsampled chunks otherwise, and filtered as tensors on the model's device; only their
+  smooth and enlarged (:mod:`segany.resized_stats`: only blocks along mask edges are resized
+  pixel by pixel), or from upsampled chunks otherwise, and filtered as tensors on the model's device; only their
   256x256 logits are kept, and full-size masks are rebuilt once, for the masks that survive NMS.
 """
 
@@ -327,8 +327,8 @@ class SamAutomaticMaskGenerator:
         stab_parts, box_parts = [], []
         for start in range(0, len(low_res), _STATS_CHUNK_MASKS):
             chunk = low_res[start : start + _STATS_CHUNK_MASKS]
-            result = stats(chunk, threshold, self.stability_score_offset)
-            if result is None:  # noise-like logits: full-size logits are cheaper
+            result = stats(chunk, threshold, self.stability_score_offset) if stats.enlarges else None
+            if result is None:  # shrinking resize or noise-like logits: full-size logits are cheaper
                 result = self._score_and_box_full(chunk, input_size, crop_size)
             stab_parts.append(result[0])
             box_parts.append(result[1])
