@@ -232,3 +232,30 @@ def test_download_without_network_names_the_file(tmp_path):
 
     with pytest.raises(DownloadError, match=r"place it at .*sam_vit_h_4b8939.pth"):
         download_checkpoint("vit_h", tmp_path, opener=offline)
+
+
+def test_positions_resized_for_another_input_size(ref_checkpoint, ref_model):
+    """Fine-tuning at another resolution: the checkpoint's position weights are fitted on load."""
+    import dataclasses
+
+    from segany.modeling.image_encoder import get_rel_pos
+
+    config = dataclasses.replace(ref_model.config, img_size=512, window_size=7)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_model(ref_checkpoint, config=config)
+    model = load_model(ref_checkpoint, config=config, resize_positions=True)
+    assert model.image_encoder.pos_embed.shape == (1, 32, 32, ref_model.config.encoder_embed_dim)
+    for index, (new, old) in enumerate(zip(model.image_encoder.blocks, ref_model.image_encoder.blocks)):
+        size = 32 if index in config.encoder_global_attn_indexes else 7
+        assert new.attn.rel_pos_h.shape[0] == 2 * size - 1
+        # Resized once at load = what get_rel_pos's own run-time interpolation makes of the old table.
+        for name in ("rel_pos_h", "rel_pos_w"):
+            want = get_rel_pos(size, size, getattr(old.attn, name))
+            assert torch.allclose(get_rel_pos(size, size, getattr(new.attn, name)), want, atol=1e-6)
+    untouched = {k: v for k, v in ref_model.state_dict().items() if "pos" not in k}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in untouched.items())
+    with torch.no_grad():
+        assert model.image_encoder(torch.zeros(1, 3, 512, 512)).shape == (1, 256, 32, 32)
+    # Same architecture: nothing to resize.
+    same = load_model(ref_checkpoint, resize_positions=True)
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in ref_model.state_dict().items())

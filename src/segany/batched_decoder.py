@@ -28,7 +28,7 @@ from torch import nn
 
 from .modeling import Sam
 from .modeling.common import LayerNorm2d
-from .modeling.fast_ops import linear_act
+from .modeling.fast_ops import linear_act, linear_add
 from .modeling.transformer import Attention
 
 
@@ -42,6 +42,13 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, h, N, c) -> (B, N, h*c)."""
     b, h, n, c = x.shape
     return x.transpose(1, 2).reshape(b, n, h * c)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, without copying a single tensor that is already contiguous."""
+    if len(tensors) == 1 and tensors[0].is_contiguous():
+        return tensors[0].unsqueeze(0)
+    return torch.stack(tensors)
 
 
 def _head_weights(linear: nn.Linear, num_heads: int) -> torch.Tensor:
@@ -126,11 +133,14 @@ class SharedImageMaskDecoder:
         scale = 1.0 / math.sqrt(q.shape[-1])
         # Scores q . (W_k x + b_k): the b_k term is constant over image tokens, so softmax drops it.
         q_in_image_space = torch.einsum("bhnc,hcd->bhnd", q, _head_weights(attn.k_proj, heads)) * scale
-        scores = q_in_image_space.reshape(b, heads * n, -1) @ image_pos.transpose(1, 2)  # (B, h*n, N)
-        weights = scores.softmax(dim=-1)
+        q_in_image_space = q_in_image_space.reshape(b, heads * n, -1)
+        pooled = []
+        for i in range(b):
+            weights = linear_act(q_in_image_space[i], image_pos[i], None).softmax(dim=-1)  # (h*n, N)
+            pooled.append(weights @ image[i])  # (h*n, C)
         # softmax(s) (W_v x + b_v) = W_v (softmax(s) x) + b_v since the weights sum to one.
-        pooled = (weights @ image).reshape(b, heads, n, -1)  # (B, h, n, C)
-        values = torch.einsum("bhnd,hcd->bhnc", pooled, _head_weights(attn.v_proj, heads))
+        pooled_t = _stack(pooled).reshape(b, heads, n, -1)
+        values = torch.einsum("bhnd,hcd->bhnc", pooled_t, _head_weights(attn.v_proj, heads))
         values = values + attn.v_proj.bias.reshape(heads, 1, -1)
         return attn.out_proj(_merge_heads(values))
 
@@ -142,18 +152,19 @@ class SharedImageMaskDecoder:
         image: torch.Tensor,
         norm: nn.LayerNorm,
     ) -> torch.Tensor:
-        """Finish image->token attention from its weights (B, h*n, N) (softmax over each head's n
+        """Finish image->token attention from its weights (B, N, h*n) (softmax over each head's n
         tokens) and return norm(image + attention). ``image`` may be (1, N, C) (shared) or (B, N, C)."""
         b, n, _ = tokens.shape
         heads = attn.num_heads
         v = _heads(attn.v_proj(tokens), heads)  # (B, h, n, c)
         # out_proj(concat_h w_h v_h) = sum_h w_h (v_h W_o,h^T): fold the output projection into the tokens.
         w_out = attn.out_proj.weight.reshape(-1, heads, v.shape[-1]).transpose(0, 1)  # (h, C, c)
-        token_out = torch.einsum("bhnc,hdc->bhnd", v, w_out).reshape(b, heads * n, -1)
+        token_out = torch.einsum("bhnc,hdc->bdhn", v, w_out).reshape(b, -1, heads * n)  # (B, C, h*n)
         # Each head's weights sum to one, so adding bias/heads to every row adds the bias once.
-        token_out = token_out + attn.out_proj.bias / heads
-        updated = torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), token_out)
-        return norm(updated)
+        token_out = (token_out + (attn.out_proj.bias / heads)[:, None]).contiguous()
+        shared = image.shape[0] == 1
+        updated = [linear_add(weights[i], token_out[i], image[0 if shared else i]) for i in range(b)]
+        return norm(_stack(updated))
 
     # -- public -----------------------------------------------------------------------------
 
@@ -200,17 +211,18 @@ class SharedImageMaskDecoder:
                 k_by_head = k.transpose(0, 1).reshape(heads, b * n, -1)
                 scores = torch.bmm(k_by_head * scale, self.first_q.transpose(1, 2))  # (h, B*n, N)
                 weights = scores.reshape(heads, b, n, -1).softmax(dim=2)
-                weights = weights.transpose(0, 1).reshape(b, heads * n, -1)
+                weights = weights.permute(1, 3, 0, 2).reshape(b, -1, heads * n)  # (B, N, h*n)
             else:
                 # (W_q x + b_q) . k = x . (W_q^T k) + b_q . k, with x = image + pe.
                 k_in_image_space = torch.einsum("bhnc,hcd->bhnd", k, _head_weights(i2t.q_proj, heads)) * scale
-                bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k) * scale
-                scores = torch.baddbmm(
-                    bias.reshape(b, heads * n, 1),
-                    k_in_image_space.reshape(b, heads * n, -1),
-                    image_pos.transpose(1, 2),
-                )  # (B, h*n, N)
-                weights = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
+                k_in_image_space = k_in_image_space.reshape(b, heads * n, -1)
+                bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k).reshape(b, -1, 1) * scale
+                per_prompt = []
+                for i in range(b):
+                    scores = linear_act(k_in_image_space[i], image_pos[i], None).add_(bias[i])  # (h*n, N)
+                    # Softmax over each head's n tokens with N innermost (fast), then (N, h*n) for the update.
+                    per_prompt.append(scores.reshape(heads, n, -1).softmax(dim=1).reshape(heads * n, -1).T)
+                weights = _stack(per_prompt)  # (B, N, h*n)
             image = self._image_to_tokens_update(i2t, weights, queries, image, layer.norm4)
 
         # Final attention: only the IoU token and the returned mask tokens are used afterwards.
@@ -238,8 +250,8 @@ class SharedImageMaskDecoder:
         x = F.gelu(F.layer_norm(x.reshape(-1, c1), (c1,), self.up_norm.weight, self.up_norm.bias, self.up_norm.eps))
         x = linear_act(x, self.up2_w, self.up2_b, "gelu")  # (B*N*4, 4*c2)
         c2 = hyper.shape[-1]
-        x = x.reshape(b, -1, c2) @ hyper.transpose(1, 2)  # (B, N*16, M)
+        x = hyper @ x.reshape(b, -1, c2).transpose(1, 2)  # (B, M, N*16)
         m = hyper.shape[1]
-        # Rows are ordered (y, x, dy1, dx1, dy2, dx2): pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2).
-        x = x.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        # Columns are ordered (y, x, dy1, dx1, dy2, dx2): pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2).
+        x = x.reshape(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
         return x.reshape(b, m, 4 * h, 4 * w)

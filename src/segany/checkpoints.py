@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from .modeling import CONFIGS, Sam, SamConfig, build_sam
 
@@ -232,12 +233,44 @@ def load_state_dict_strict(model: Sam, state: Mapping[str, torch.Tensor], source
     model.load_state_dict(state, strict=True)
 
 
+def resize_positional_weights(state: Mapping[str, torch.Tensor], config: SamConfig) -> dict[str, torch.Tensor]:
+    """Fit a checkpoint's position weights to another input size or window size.
+
+    The absolute ``pos_embed`` grid is resized bicubically, as when ViTs are fine-tuned at a new
+    resolution; relative-position tables are resized linearly, the same interpolation the encoder's
+    ``get_rel_pos`` applies at run time. Global-attention blocks get ``2 * embedding_size - 1`` rows,
+    windowed blocks ``2 * window_size - 1``. Every other tensor is returned unchanged.
+    """
+    out = dict(state)
+    grid = config.image_embedding_size
+    pos = out.get("image_encoder.pos_embed")
+    if pos is not None and tuple(pos.shape[1:3]) != (grid, grid):
+        resized = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=(grid, grid), mode="bicubic", align_corners=False)
+        out["image_encoder.pos_embed"] = resized.permute(0, 2, 3, 1).to(pos.dtype).contiguous()
+    for key, table in state.items():
+        match = re.fullmatch(r"image_encoder\.blocks\.(\d+)\.attn\.rel_pos_[hw]", key)
+        if match is None:
+            continue
+        block = int(match.group(1))
+        size = grid if block in config.encoder_global_attn_indexes else config.window_size
+        rows = 2 * size - 1
+        if table.shape[0] != rows:
+            resized = F.interpolate(table.T[None].float(), size=rows, mode="linear", align_corners=False)
+            out[key] = resized[0].T.to(table.dtype).contiguous()
+    return out
+
+
 def load_model(
     path: str | os.PathLike,
     config: SamConfig | str | None = None,
     device: str | torch.device = "cpu",
+    resize_positions: bool = False,
 ) -> Sam:
-    """Build a SAM from a checkpoint file, inferring the architecture when ``config`` is None."""
+    """Build a SAM from a checkpoint file, inferring the architecture when ``config`` is None.
+
+    ``resize_positions`` fits the checkpoint's position weights to ``config`` when its input or
+    window size differs (see :func:`resize_positional_weights`), e.g. to fine-tune at 512 px.
+    """
     state, stored_config = read_checkpoint(path)
     if isinstance(config, str):
         if config not in CONFIGS:
@@ -252,6 +285,8 @@ def load_model(
         else:
             config = infer_config(state)
     model = build_sam(config)
+    if resize_positions:
+        state = resize_positional_weights(state, config)
     load_state_dict_strict(model, state, source=f"checkpoint {path}")
     return model.to(device).eval()
 

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ._memory import tune_malloc
 from .batched_decoder import SharedImageMaskDecoder
 from .modeling import Sam
 from .transforms import ResizeLongestSide
@@ -42,6 +43,10 @@ class SamPredictor:
     "bf16" runs it under bfloat16 autocast (CPU or GPU); "int8" (CPU only) uses a dynamically
     quantized int8 copy of its linear layers, with bfloat16 attention. The prompt encoder and mask
     decoder always run in fp32. compile: wrap the encoder in ``torch.compile`` (slow first call).
+
+    On CPU, the first predictor of a process raises glibc malloc's mmap/trim thresholds so that
+    the decoder's large temporary tensors are reused rather than page-faulted afresh
+    (``segany._memory``; ``SEGANY_MALLOC_TUNING=0`` turns this off).
     """
 
     def __init__(self, sam_model: Sam, precision: str = "fp32", compile: bool = False) -> None:
@@ -49,6 +54,8 @@ class SamPredictor:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = sam_model
         self.precision = precision
+        if sam_model.device.type == "cpu":
+            tune_malloc()  # reuse freed decoder buffers instead of page-faulting fresh ones (see _memory)
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._encoder = _fast_encoder(sam_model.image_encoder, precision)
         if compile:

@@ -37,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as e:
         raise UsageError(str(e)) from None
     if metrics:
-        print(f"stopped at step {metrics and cfg.steps}: loss {metrics['loss']:.4f}, IoU {metrics['iou_last']:.3f}; "
+        print(f"stopped at step {int(metrics['step'])} of {cfg.steps}: loss {metrics['loss']:.4f}, IoU {metrics['iou_last']:.3f}; "
               f"checkpoint {cfg.output_dir}/last.pt")
     return 0

@@ -9,18 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_ops import linear_act, plain_pytorch
+from .fast_ops import plain_pytorch
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-# Above this many output pixels per mask the dense products cost more than interpolating.
-# (float32 weights: the same values the interpolation kernel computes for itself.)
-MATMUL_RESIZE_MAX_PIXELS = 4096 * 4096 // 4
 
 
 @functools.lru_cache(maxsize=16)
@@ -32,6 +27,46 @@ def _resize_weights(low: int, size: int, crop: int, out: int, device: torch.devi
         up = F.interpolate(eye, (size, 1), mode="bilinear", align_corners=False)[:, :, :crop]
         down = F.interpolate(up, (out, 1), mode="bilinear", align_corners=False)
         return down.reshape(low, out).T.contiguous()
+
+
+# Output rows (or columns) per block of a banded resize: each block reads only the few input rows
+# its bilinear taps reach (~14 of 256 for 480 output rows), so the products do ~1/16 of a dense one.
+RESIZE_BLOCK = 32
+
+
+class _BandedResize:
+    """One axis of ``postprocess_masks`` as a banded (out, low) matrix cut into row blocks.
+
+    Block ``[o0, o1)`` of the output depends only on inputs ``[c0, c1)``; products with the
+    blocks equal the dense product up to float rounding (the skipped weights are exact zeros).
+    """
+
+    def __init__(self, weights: torch.Tensor, block: int = RESIZE_BLOCK) -> None:
+        self.out_size = weights.shape[0]
+        self.blocks: list[tuple[int, int, int, int, torch.Tensor, torch.Tensor]] = []
+        nonzero = weights != 0
+        for o0 in range(0, self.out_size, block):
+            o1 = min(self.out_size, o0 + block)
+            used = nonzero[o0:o1].any(dim=0).nonzero()[:, 0]
+            c0, c1 = int(used.min()), int(used.max()) + 1
+            w = weights[o0:o1, c0:c1]
+            self.blocks.append((o0, o1, c0, c1, w.contiguous(), w.T.contiguous()))
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., low, C) -> (..., out, C)."""
+        y = x.new_empty(*x.shape[:-2], self.out_size, x.shape[-1])
+        for o0, o1, c0, c1, w, _ in self.blocks:
+            y[..., o0:o1, :] = w.to(x.dtype) @ x[..., c0:c1, :]
+        return y
+
+    def cols(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., R, low) -> (..., R, out)."""
+        return torch.cat([x[..., c0:c1] @ w_t.to(x.dtype) for _, _, c0, c1, _, w_t in self.blocks], dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _banded_resize(low: int, size: int, crop: int, out: int, device: torch.device) -> _BandedResize:
+    return _BandedResize(_resize_weights(low, size, crop, out, device))
 
 
 class Sam(nn.Module):
@@ -98,21 +133,20 @@ class Sam(nn.Module):
         """(B, M, 256, 256) logits -> (B, M, H, W) logits at the original image size.
 
         Upsample to the encoder's input size, crop the padding, resize to the original size (both
-        bilinear). Both steps are linear and separable, so in inference they run as two small
-        matrix products with the composed per-axis weights: same values to float rounding, without
-        the (img_size x img_size) intermediate.
+        bilinear). Both steps are linear and separable, so in inference they run as products with
+        the composed per-axis weights, which are banded (a few bilinear taps per output): same
+        values to float rounding, without the (img_size x img_size) intermediate.
         """
         size = self.image_encoder.img_size
         h, w = int(original_size[0]), int(original_size[1])
-        if (torch.is_grad_enabled() and masks.requires_grad) or h * w > MATMUL_RESIZE_MAX_PIXELS or plain_pytorch():
+        if (torch.is_grad_enabled() and masks.requires_grad) or plain_pytorch():
             masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
             masks = masks[..., : input_size[0], : input_size[1]]
             return F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
         low_h, low_w = masks.shape[-2:]
-        rows = _resize_weights(low_h, size, int(input_size[0]), h, masks.device)  # (H, low_h)
-        cols = _resize_weights(low_w, size, int(input_size[1]), w, masks.device)  # (W, low_w)
-        # The column product through oneDNN on CPU (~2.7x MKL's matmul for these shapes).
-        return linear_act(rows.to(masks.dtype) @ masks, cols.to(masks.dtype), None)
+        rows = _banded_resize(low_h, size, int(input_size[0]), h, masks.device)
+        cols = _banded_resize(low_w, size, int(input_size[1]), w, masks.device)
+        return cols.cols(rows.rows(masks))
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a (3, H, W) or (B, 3, H, W) image and zero-pad it to the encoder's square input."""

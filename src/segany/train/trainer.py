@@ -152,7 +152,7 @@ def build_model(cfg: TrainConfig) -> Sam:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"bad model config: {e}") from None
     if cfg.init_checkpoint:
-        return load_model(cfg.init_checkpoint, config=arch)
+        return load_model(cfg.init_checkpoint, config=arch, resize_positions=True)
     return build_sam(arch)
 
 
@@ -549,7 +549,7 @@ class Trainer:
             save_model(self.sam, self.out / "final.safetensors")
         if self.dist.world_size > 1:
             dist.barrier()
-        return last
+        return {**last, "step": float(self.step)} if last else last
 
     def _validate_and_keep_best(self) -> None:
         val = self.validate()
