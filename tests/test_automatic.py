@@ -141,7 +141,9 @@ def test_shared_image_decoder_equals_mask_decoder(ref_model, img0, predictor0, m
     assert ((masks > 0) != (want_masks > 0)).float().mean() < 1e-4
 
 
-def test_partial_upsampling_equals_postprocess_masks(ref_model, img0):
+def test_upsampling_equals_the_official_interpolations(ref_model, img0):
+    import torch.nn.functional as F
+
     generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
     torch.manual_seed(0)
     low_res = torch.randn(3, 256, 256) * 5
@@ -149,9 +151,12 @@ def test_partial_upsampling_equals_postprocess_masks(ref_model, img0):
     cases = [((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (64, 64)),
              ((768, 1024), (768, 1024)), ((1024, 1024), (1024, 1024))]
     for input_size, size in cases:
-        want = ref_model.postprocess_masks(low_res[:, None], input_size, size)[:, 0]
-        got = torch.cat([x for _, x in generator._upsample(low_res, input_size, size)])
-        # postprocess_masks runs the two resizes as matrix products: equal up to float rounding.
+        want = F.interpolate(low_res[:, None], (1024, 1024), mode="bilinear", align_corners=False)
+        want = want[..., : input_size[0], : input_size[1]]
+        want = F.interpolate(want, size, mode="bilinear", align_corners=False)[:, 0]
+        with torch.inference_mode():
+            got = torch.cat([x for _, x in generator._upsample(low_res, input_size, size)])
+        # Banded products with the composed weights: equal up to float rounding.
         assert (got - want).abs().max() < 1e-4, input_size
         assert torch.equal(got > 0, want > 0), input_size
 

@@ -24,13 +24,11 @@ The results are those of the official algorithm, computed differently:
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .batched_decoder import SharedImageMaskDecoder
 from .masks import (
@@ -296,24 +294,12 @@ class SamAutomaticMaskGenerator:
         return torch.cat(logits), torch.cat(ious), torch.cat(prompt_ids)
 
     def _upsample(self, low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, ...]):
-        """Yield (start, logits) chunks of (k, H, W) logits at ``size`` for (K, 256, 256) low-res logits.
-
-        Same arithmetic as :meth:`Sam.postprocess_masks`, but only the rows and columns of the
-        padded square that survive its crop are upsampled.
-        """
-        img_size = self.model.image_encoder.img_size
-        factor = img_size / low_res.shape[-1]
-        # Output row i reads input rows floor((i + 0.5) / factor - 0.5) and the next one.
-        rows = min(low_res.shape[-2], math.ceil(input_size[0] / factor) + 1)
-        cols = min(low_res.shape[-1], math.ceil(input_size[1] / factor) + 1)
-        chunk = max(1, _UPSAMPLE_CHUNK_ELEMENTS // (int(rows * factor) * int(cols * factor)))
+        """Yield (start, logits) chunks of (k, H, W) logits at ``size`` for (K, 256, 256) low-res logits:
+        :meth:`Sam.postprocess_masks` (banded resize products), a cache-sized chunk at a time."""
+        chunk = max(1, _UPSAMPLE_CHUNK_ELEMENTS // (int(size[0]) * int(size[1])))
         for start in range(0, len(low_res), chunk):
-            x = low_res[start : start + chunk, None, :rows, :cols]
-            x = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-            x = x[..., : input_size[0], : input_size[1]]
-            if tuple(size) != tuple(input_size):  # resizing to the same size is the identity
-                x = F.interpolate(x, tuple(size), mode="bilinear", align_corners=False)
-            yield start, x[:, 0]
+            x = low_res[start : start + chunk, None]
+            yield start, self.model.postprocess_masks(x, input_size, tuple(size))[:, 0]
 
     def _score_and_box(
         self,
