@@ -9,10 +9,15 @@ python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".[dev,serve,onnx]"
 
 # Browser tool: node + Debian chromium for the browser tests, onnxruntime-web vendored into the package.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null || [ ! -x /usr/bin/chromium ]; then
+missing=()
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  # Only what is missing: reinstalling Debian's nodejs beside a newer one breaks apt's resolution.
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq nodejs npm chromium >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 (cd web && npm ci --no-audit --no-fund --loglevel=error)
 python3 scripts/vendor_web_assets.py

@@ -103,3 +103,41 @@ def test_ignore_pixels_do_not_count():
     a = interactive_loss(logits_wrong, torch.ones(1, 1), gt_ignored).total
     b = interactive_loss(logits, torch.ones(1, 1), gt_ignored).total
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
+
+
+def _reference_error_points(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator):
+    """The plain per-mask definition: a uniform index into np.nonzero of the error region."""
+    coords, labels = np.zeros((len(gt), 2), np.float32), np.full(len(gt), -1)
+    for b in range(len(gt)):
+        fn, fp = (gt[b] == 1) & ~pred[b], (gt[b] == 0) & pred[b]
+        ys, xs = np.nonzero(fn | fp)
+        if len(ys):
+            i = int(rng.integers(0, len(ys)))
+            coords[b] = xs[i], ys[i]
+            labels[b] = int(fn[ys[i], xs[i]])
+    return coords, labels
+
+
+def test_batched_picks_equal_picking_from_nonzero_with_the_same_generator():
+    """The batched sampler draws the same points as indexing np.nonzero, from the same generator
+    stream, so training runs stay reproducible whatever the device; boxes are the tight boxes."""
+    gen = np.random.default_rng(5)
+    gt = gen.integers(0, 2, size=(12, 37, 29)).astype(np.uint8)
+    gt[3] = 0  # an empty object
+    gt[4, :5] = 255  # an ignore band
+    pred = gen.random((12, 37, 29)) < 0.3
+    pred[7] = gt[7] == 1  # no error
+    ref_c, ref_l = _reference_error_points(pred, gt, np.random.default_rng(9))
+    rng = np.random.default_rng(9)
+    c, lab = error_points(torch.from_numpy(pred), torch.from_numpy(gt), rng)
+    assert np.array_equal(c.numpy(), ref_c) and np.array_equal(lab.numpy(), ref_l)
+    assert lab[7] == -1 and lab[3] in (0, -1)
+    # The generator is left where the reference leaves it.
+    reference_rng = np.random.default_rng(9)
+    _reference_error_points(pred, gt, reference_rng)
+    assert rng.random() == reference_rng.random()
+    full = torch.from_numpy(gt[[0, 1, 2, 5]])
+    boxes = mask_boxes(full)
+    for b, mask in enumerate(full.numpy()):
+        ys, xs = np.nonzero(mask == 1)
+        assert boxes[b].tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]

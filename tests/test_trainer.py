@@ -186,3 +186,19 @@ def test_first_prompt_only_curriculum(tmp_path, data_dir):
     assert first["iou_first"] == first["iou_last"]
     later = t.train_step()  # step 1: box, then correction rounds
     assert later["iou_first"] != later["iou_last"]
+
+
+def test_prefetch_workers_train_the_same_steps(tmp_path, data_dir):
+    """Batches drawn ahead in worker processes are the batches of the in-process run, and the
+    prompt simulation continues from the same generator state: identical weights and losses."""
+    Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "a")), show_progress=False).fit()
+    workers = Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "b", workers=2)), show_progress=False)
+    workers.fit(stop_at=2)
+    assert workers._pool is None  # closed when fit returns
+    Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "b", workers=2)), resume=True, show_progress=False).fit()
+    a = read_training_checkpoint(tmp_path / "a" / "last.pt")
+    b = read_training_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    losses = [[json.loads(x)["train"]["loss"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
+    assert losses[0] == losses[1] and len(losses[0]) == 4

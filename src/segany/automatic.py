@@ -96,6 +96,8 @@ class SamAutomaticMaskGenerator:
       rerun NMS; 0 disables.
     - ``output_mode``: ``"binary_mask"`` ((H, W) bool arrays), ``"uncompressed_rle"`` or
       ``"coco_rle"`` (COCO RLE with str counts).
+    - ``precision``: how the image encoder runs (see :class:`SamPredictor`); ``"fp32"`` gives the
+      official masks, ``"bf16"`` is the fast mode on GPUs and bf16-capable CPUs.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: OutputMode = "binary_mask",
+        precision: str = "fp32",
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -133,7 +136,7 @@ class SamAutomaticMaskGenerator:
             self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
             if len(self.point_grids) < crop_n_layers + 1:
                 raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1})")
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, precision=precision)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh

@@ -33,32 +33,50 @@ def interaction_schedule(rng: np.random.Generator, point_rounds: int = 8, mask_r
     return [FIRST] + rounds
 
 
-def _uniform_pick(region: np.ndarray, rng: np.random.Generator) -> tuple[float, float] | None:
-    ys, xs = np.nonzero(region)
-    if len(ys) == 0:
-        return None
-    i = int(rng.integers(0, len(ys)))
-    return float(xs[i]), float(ys[i])
+def _uniform_picks(region: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pixel drawn uniformly from each (H, W) bool region of a (B, H, W) batch, on its device.
+
+    Returns coords (B, 2) float (x, y) and found (B,) bool (False for an empty region). Only the
+    per-mask pixel counts travel to the host: the draws are ``rng.integers(0, count)`` in batch
+    order, skipping empty regions, so the points are those of picking from ``np.nonzero`` (row-major)
+    on the CPU, whatever the device.
+    """
+    flat = region.flatten(1)
+    counts = flat.sum(1).tolist()
+    ranks = [int(rng.integers(0, c)) if c > 0 else -1 for c in counts]
+    found = torch.tensor([r >= 0 for r in ranks], device=region.device)
+    # The k-th pixel of a row (k from 1) is where its running count first reaches k.
+    wanted = torch.tensor([max(r, 0) + 1 for r in ranks], dtype=torch.int32, device=region.device)
+    running = flat.to(torch.int32).cumsum(1, dtype=torch.int32)
+    index = torch.searchsorted(running, wanted[:, None]).squeeze(1).clamp_(max=flat.shape[1] - 1)
+    width = region.shape[-1]
+    coords = torch.stack([index % width, index // width], dim=1).float()
+    return coords, found
 
 
 def foreground_points(gt: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """(B, H, W) masks -> (B, 2) points drawn uniformly from each object's pixels."""
-    out = np.zeros((gt.shape[0], 2), np.float32)
-    for b, mask in enumerate(gt.cpu().numpy()):
-        point = _uniform_pick(mask == 1, rng)
-        if point is None:
-            raise ValueError("cannot sample a foreground point from an empty mask")
-        out[b] = point
-    return torch.from_numpy(out).to(gt.device)
+    coords, found = _uniform_picks(gt == 1, rng)
+    if not bool(found.all()):
+        raise ValueError("cannot sample a foreground point from an empty mask")
+    return coords
 
 
 def mask_boxes(gt: torch.Tensor) -> torch.Tensor:
     """(B, H, W) masks -> (B, 4) tight XYXY boxes of the object pixels (x1, y1 inclusive)."""
-    out = np.zeros((gt.shape[0], 4), np.float32)
-    for b, mask in enumerate(gt.cpu().numpy()):
-        ys, xs = np.nonzero(mask == 1)
-        out[b] = (xs.min(), ys.min(), xs.max(), ys.max())
-    return torch.from_numpy(out).to(gt.device)
+    obj = gt == 1
+    height, width = gt.shape[-2:]
+    cols = obj.any(dim=1)  # (B, W)
+    rows = obj.any(dim=2)  # (B, H)
+    xs = torch.arange(width, device=gt.device)
+    ys = torch.arange(height, device=gt.device)
+    x0 = torch.where(cols, xs, width).amin(1)
+    x1 = torch.where(cols, xs, -1).amax(1)
+    y0 = torch.where(rows, ys, height).amin(1)
+    y1 = torch.where(rows, ys, -1).amax(1)
+    if bool((x1 < 0).any()):
+        raise ValueError("cannot box an empty mask")
+    return torch.stack([x0, y0, x1, y1], dim=1).float()
 
 
 def noisy_boxes(
@@ -88,17 +106,14 @@ def error_points(
     Returns coords (B, 2) and labels (B,): 1 on a false negative, 0 on a false positive, and -1
     (a "not a point" placeholder the prompt encoder ignores) where the prediction has no error.
     """
-    pred_np, gt_np = pred.cpu().numpy(), gt.cpu().numpy()
-    coords = np.zeros((len(gt_np), 2), np.float32)
-    labels = np.full(len(gt_np), -1, np.int64)
-    for b in range(len(gt_np)):
-        fn = (gt_np[b] == 1) & ~pred_np[b]
-        fp = (gt_np[b] == 0) & pred_np[b]
-        point = _uniform_pick(fn | fp, rng)
-        if point is not None:
-            coords[b] = point
-            labels[b] = int(fn[int(point[1]), int(point[0])])
-    return torch.from_numpy(coords).to(gt.device), torch.from_numpy(labels).to(gt.device)
+    fn = (gt == 1) & ~pred
+    fp = (gt == 0) & pred
+    coords, found = _uniform_picks(fn | fp, rng)
+    x, y = coords[:, 0].long(), coords[:, 1].long()
+    on_fn = fn[torch.arange(len(gt), device=gt.device), y, x]
+    labels = torch.where(found, on_fn.long(), torch.full_like(on_fn, -1, dtype=torch.long))
+    coords = torch.where(found[:, None], coords, torch.zeros_like(coords))
+    return coords, labels
 
 
 __all__ = [

@@ -86,6 +86,7 @@ class TrainConfig:
     val: ValConfig | None = None
     device: str = "auto"
     threads: int | None = None
+    workers: int = 0  # processes that prepare batches ahead (0: in the training process)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -351,6 +352,41 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"could not read training checkpoint {path}: {str(e).splitlines()[0] if str(e) else e}") from None
 
 
+def sample_batch(
+    dataset: InteractiveDataset, batch_size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``batch_size`` augmented images (N, 3, S, S) and their masks, skipping images left with none."""
+    images, masks = [], []
+    while len(images) < batch_size:
+        sample = dataset.sample(int(rng.integers(0, len(dataset))), rng)
+        if len(sample.masks) == 0:
+            continue
+        images.append(sample.image)
+        masks.append(sample.masks)
+    return torch.stack(images), masks
+
+
+_worker_dataset: InteractiveDataset | None = None
+
+
+def _init_batch_worker(dataset: InteractiveDataset) -> None:
+    global _worker_dataset
+    _worker_dataset = dataset
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+    # The parent handles interruption; a worker just ends with the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _prepared_batch(key: tuple[int, int, int], batch_size: int):
+    assert _worker_dataset is not None
+    rng = np.random.default_rng(list(key))
+    images, masks = sample_batch(_worker_dataset, batch_size, rng)
+    return images, masks, rng.bit_generator.state
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> None:
         self.cfg = cfg
@@ -388,6 +424,7 @@ class Trainer:
         elif self.dist.is_main and (self.out / "last.pt").exists():
             raise ConfigError(f"{self.out / 'last.pt'} exists: pass --resume to continue it, or use another output_dir")
         self._stop = False
+        self._pool = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -450,14 +487,34 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
 
     def _batch(self, rng: np.random.Generator):
-        images, masks = [], []
-        while len(images) < self.cfg.batch_size:
-            sample = self.dataset.sample(int(rng.integers(0, len(self.dataset))), rng)
-            if len(sample.masks) == 0:
-                continue
-            images.append(sample.image)
-            masks.append(sample.masks)
-        return torch.stack(images).to(self.device), [m.to(self.device) for m in masks]
+        """The step's batch on the device. With ``workers``, it was drawn ahead in a worker from the
+        same (seed, step, rank) generator, whose state after the draw is carried on here."""
+        if self.cfg.workers > 0:
+            images, masks, state = self._prefetch(self.step)
+            rng.bit_generator.state = state
+        else:
+            images, masks = sample_batch(self.dataset, self.cfg.batch_size, rng)
+        return images.to(self.device, non_blocking=True), [m.to(self.device, non_blocking=True) for m in masks]
+
+    def _prefetch(self, step: int):
+        import multiprocessing
+
+        if self._pool is None:
+            # fork: workers share the loaded records; they never touch the GPU.
+            context = multiprocessing.get_context("fork")
+            self._pool = context.Pool(self.cfg.workers, initializer=_init_batch_worker, initargs=(self.dataset,))
+            self._pending = {}
+        for s in range(step, min(step + 2 * self.cfg.workers, self.cfg.steps) + 1):
+            if s not in self._pending:
+                key = (self.cfg.seed, s, self.dist.rank)
+                self._pending[s] = self._pool.apply_async(_prepared_batch, (key, self.cfg.batch_size))
+        return self._pending.pop(step).get()
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
@@ -544,6 +601,7 @@ class Trainer:
         finally:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
+            self._close_pool()
         self.save_checkpoint()
         if self.step >= cfg.steps and self.dist.is_main:
             save_model(self.sam, self.out / "final.safetensors")
