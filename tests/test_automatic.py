@@ -120,8 +120,13 @@ def predictor0(ref_model, img0):
     return predictor
 
 
-@pytest.mark.parametrize("multimask", [True, False])
-def test_shared_image_decoder_equals_mask_decoder(ref_model, img0, predictor0, multimask):
+@pytest.mark.parametrize(("multimask", "batched"), [(True, False), (False, False), (True, True)])
+def test_shared_image_decoder_equals_mask_decoder(ref_model, img0, predictor0, multimask, batched, monkeypatch):
+    """Both forms of the per-prompt products: one prompt at a time (CPU) and batched (GPUs)."""
+    import segany.batched_decoder as batched_decoder
+
+    if batched:
+        monkeypatch.setattr(batched_decoder, "_per_prompt", lambda x: False)
     predictor = predictor0
     points = build_point_grid(4)[::2] * np.array([[img0.shape[1], img0.shape[0]]])
     coords = torch.as_tensor(predictor.transform.apply_coords(points, img0.shape[:2]), dtype=torch.float)[:, None]

@@ -35,6 +35,36 @@ def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, size, head
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(14, 14), (9, 12), (8, 8)])
+def test_augmented_attention_matches_the_bias_and_its_gradients(size):
+    """The GPU path (bias folded into widened heads) gives the biased attention and the same
+    gradients for q, k, v and the rel-pos tables, as training on a GPU needs."""
+    gen = torch.Generator().manual_seed(1)
+    n, dim, heads = size[0] * size[1], 10, 3
+    leaves = [torch.randn(heads, n, dim, generator=gen, requires_grad=True) for _ in range(3)]
+    tables = [(torch.randn(2 * s - 1, dim, generator=gen) * 0.3).requires_grad_() for s in size]
+    scale = dim**-0.5
+
+    def grads(fn):
+        q, k, v = leaves
+        out = fn(q, k, v)
+        out.backward(torch.ones_like(out) * torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+        result = [out.detach()] + [t.grad.clone() for t in (*leaves, *tables)]
+        for t in (*leaves, *tables):
+            t.grad = None
+        return result
+
+    def reference(q, k, v):
+        bias = decomposed_rel_pos_bias(q, *tables, size)
+        return torch.softmax(scale * q @ k.transpose(1, 2) + bias, dim=-1) @ v
+
+    def augmented(q, k, v):
+        return fast_ops.augmented_attention(q, k, v, *decomposed_rel_pos_terms(q, *tables, size), scale)
+
+    for got, expected in zip(grads(augmented), grads(reference)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("activation", [None, "gelu", "relu"])
 def test_fused_linear_matches_torch(activation):
     layer = torch.nn.Linear(48, 96)

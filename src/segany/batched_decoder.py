@@ -51,6 +51,12 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+def _per_prompt(x: torch.Tensor) -> bool:
+    """Per-prompt products on CPU, where each prompt's image tokens then stay in cache; one
+    batched product elsewhere (on a GPU, a kernel launch per prompt would cost more than the math)."""
+    return x.device.type == "cpu"
+
+
 def _head_weights(linear: nn.Linear, num_heads: int) -> torch.Tensor:
     """A projection's weight (h*c, C) split per head: (h, c, C)."""
     d, c_in = linear.weight.shape
@@ -134,12 +140,16 @@ class SharedImageMaskDecoder:
         # Scores q . (W_k x + b_k): the b_k term is constant over image tokens, so softmax drops it.
         q_in_image_space = torch.einsum("bhnc,hcd->bhnd", q, _head_weights(attn.k_proj, heads)) * scale
         q_in_image_space = q_in_image_space.reshape(b, heads * n, -1)
-        pooled = []
-        for i in range(b):
-            weights = linear_act(q_in_image_space[i], image_pos[i], None).softmax(dim=-1)  # (h*n, N)
-            pooled.append(weights @ image[i])  # (h*n, C)
+        if _per_prompt(image):
+            pooled = []
+            for i in range(b):
+                weights = linear_act(q_in_image_space[i], image_pos[i], None).softmax(dim=-1)  # (h*n, N)
+                pooled.append(weights @ image[i])  # (h*n, C)
+            pooled_all = _stack(pooled)
+        else:
+            pooled_all = torch.bmm(torch.bmm(q_in_image_space, image_pos.transpose(1, 2)).softmax(dim=-1), image)
         # softmax(s) (W_v x + b_v) = W_v (softmax(s) x) + b_v since the weights sum to one.
-        pooled_t = _stack(pooled).reshape(b, heads, n, -1)
+        pooled_t = pooled_all.reshape(b, heads, n, -1)
         values = torch.einsum("bhnd,hcd->bhnc", pooled_t, _head_weights(attn.v_proj, heads))
         values = values + attn.v_proj.bias.reshape(heads, 1, -1)
         return attn.out_proj(_merge_heads(values))
@@ -162,6 +172,8 @@ class SharedImageMaskDecoder:
         token_out = torch.einsum("bhnc,hdc->bdhn", v, w_out).reshape(b, -1, heads * n)  # (B, C, h*n)
         # Each head's weights sum to one, so adding bias/heads to every row adds the bias once.
         token_out = (token_out + (attn.out_proj.bias / heads)[:, None]).contiguous()
+        if not _per_prompt(image):
+            return norm(torch.baddbmm(image.expand(b, -1, -1), weights, token_out.transpose(1, 2)))
         shared = image.shape[0] == 1
         updated = [linear_add(weights[i], token_out[i], image[0 if shared else i]) for i in range(b)]
         return norm(_stack(updated))
@@ -217,12 +229,16 @@ class SharedImageMaskDecoder:
                 k_in_image_space = torch.einsum("bhnc,hcd->bhnd", k, _head_weights(i2t.q_proj, heads)) * scale
                 k_in_image_space = k_in_image_space.reshape(b, heads * n, -1)
                 bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k).reshape(b, -1, 1) * scale
-                per_prompt = []
-                for i in range(b):
-                    scores = linear_act(k_in_image_space[i], image_pos[i], None).add_(bias[i])  # (h*n, N)
-                    # Softmax over each head's n tokens with N innermost (fast), then (N, h*n) for the update.
-                    per_prompt.append(scores.reshape(heads, n, -1).softmax(dim=1).reshape(heads * n, -1).T)
-                weights = _stack(per_prompt)  # (B, N, h*n)
+                if _per_prompt(image):
+                    per_prompt = []
+                    for i in range(b):
+                        scores = linear_act(k_in_image_space[i], image_pos[i], None).add_(bias[i])  # (h*n, N)
+                        # Softmax over each head's n tokens with N innermost (fast), then (N, h*n) for the update.
+                        per_prompt.append(scores.reshape(heads, n, -1).softmax(dim=1).reshape(heads * n, -1).T)
+                    weights = _stack(per_prompt)  # (B, N, h*n)
+                else:
+                    scores = torch.baddbmm(bias, k_in_image_space, image_pos.transpose(1, 2))  # (B, h*n, N)
+                    weights = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1).transpose(1, 2)
             image = self._image_to_tokens_update(i2t, weights, queries, image, layer.norm4)
 
         # Final attention: only the IoU token and the returned mask tokens are used afterwards.

@@ -19,6 +19,11 @@ _onednn_linear_ok: bool | None = None  # decided on first use by comparing with 
 # Score elements (queries x keys) per attention chunk: 1M fp32 = 4 MiB, sized to stay in cache.
 ATTENTION_CHUNK_ELEMENTS = 1 << 20
 
+# How rel-pos attention runs off the CPU (GPUs): "augmented" folds the bias into the q.k product,
+# so that SDPA's fused kernels run with no mask and no (N, N) bias is ever written; "mask" gives
+# SDPA the dense bias as its attention mask.
+GPU_ATTENTION = "augmented"
+
 
 def plain_pytorch() -> bool:
     """True while tracing, exporting or compiling: graphs need the plain ops, not these kernels."""
@@ -128,6 +133,8 @@ def rel_pos_attention(
     if rel_h is None or rel_w is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     h, w = rel_h.shape[1], rel_h.shape[2]
+    if q.device.type != "cpu" and GPU_ATTENTION == "augmented" and not plain_pytorch():
+        return augmented_attention(q, k, v, rel_h, rel_w, scale)
     if q.device.type != "cpu" or not _inference_only(q, k, v, rel_h, rel_w):
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(bh, n, n)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
@@ -135,6 +142,31 @@ def rel_pos_attention(
     dtype = _autocast_dtype(q) or q.dtype
     with torch.autocast("cpu", enabled=False):  # explicit dtypes: no casts between the steps
         return _blockwise_attention(q.to(dtype), k.to(dtype), v.to(dtype), rel_h.to(dtype), rel_w.to(dtype), scale)
+
+
+def augmented_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Rel-pos attention as plain attention over widened heads: with q' = [scale * q, rel_h, rel_w]
+    and k' = [k, onehot(ky), onehot(kx)], q'.k' = scale * q.k + rel_h[ky] + rel_w[kx] exactly, so
+    SDPA runs without a mask (flash / memory-efficient kernels). The widening is H + W channels
+    (28 for 14x14 windows, 128 for a 64x64 global block), padded to a multiple of 8."""
+    bh, n, d = q.shape
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    dtype = q.dtype
+    eye_h = torch.eye(h, dtype=dtype, device=q.device).repeat_interleave(w, dim=0)  # key (ky, kx) -> ky
+    eye_w = torch.eye(w, dtype=dtype, device=q.device).repeat(h, 1)  # key (ky, kx) -> kx
+    pad = (-(d + h + w)) % 8
+    parts_q = [q * scale, rel_h.reshape(bh, n, h).to(dtype), rel_w.reshape(bh, n, w).to(dtype)]
+    parts_k = [k, eye_h.expand(bh, n, h), eye_w.expand(bh, n, w)]
+    if pad:
+        zeros = q.new_zeros(bh, n, pad)
+        parts_q.append(zeros)
+        parts_k.append(zeros)
+    q2, k2 = torch.cat(parts_q, dim=-1), torch.cat(parts_k, dim=-1)
+    # Flash kernels want one head size for q, k and v: v is widened with zeros and cut back after.
+    v2 = F.pad(v, (0, q2.shape[-1] - d))
+    return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., :d]
 
 
 def _blockwise_attention(

@@ -328,9 +328,12 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = torch.cuda.is_available() if device_name == "auto" else device_name.startswith("cuda")
     if use_cuda:
-        device = torch.device("cuda", info.local_rank) if world > 1 else torch.device(
-            "cuda" if device_name == "auto" else device_name
-        )
+        if world > 1:
+            device = torch.device("cuda", info.local_rank)
+        else:
+            device = torch.device("cuda" if device_name == "auto" else device_name)
+            if device.index is None:  # set_device needs an index
+                device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu" if device_name == "auto" else device_name)
