@@ -35,10 +35,12 @@ def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, size, head
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["augmented", "explicit"])
 @pytest.mark.parametrize("size", [(14, 14), (9, 12), (8, 8)])
-def test_augmented_attention_matches_the_bias_and_its_gradients(size):
-    """The GPU path (bias folded into widened heads) gives the biased attention and the same
-    gradients for q, k, v and the rel-pos tables, as training on a GPU needs."""
+def test_gpu_attention_forms_match_the_bias_and_its_gradients(size, kind):
+    """The GPU forms (bias folded into widened heads; the explicit reference arithmetic) give the
+    biased attention and the same gradients for q, k, v and the rel-pos tables, as training on a
+    GPU needs."""
     gen = torch.Generator().manual_seed(1)
     n, dim, heads = size[0] * size[1], 10, 3
     leaves = [torch.randn(heads, n, dim, generator=gen, requires_grad=True) for _ in range(3)]
@@ -59,7 +61,8 @@ def test_augmented_attention_matches_the_bias_and_its_gradients(size):
         return torch.softmax(scale * q @ k.transpose(1, 2) + bias, dim=-1) @ v
 
     def augmented(q, k, v):
-        return fast_ops.augmented_attention(q, k, v, *decomposed_rel_pos_terms(q, *tables, size), scale)
+        form = fast_ops.augmented_attention if kind == "augmented" else fast_ops.explicit_attention
+        return form(q, k, v, *decomposed_rel_pos_terms(q, *tables, size), scale)
 
     for got, expected in zip(grads(augmented), grads(reference)):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -21,8 +21,10 @@ ATTENTION_CHUNK_ELEMENTS = 1 << 20
 
 # How rel-pos attention runs off the CPU (GPUs): "augmented" folds the bias into the q.k product,
 # so that SDPA's fused kernels run with no mask and no (N, N) bias is ever written; "mask" gives
-# SDPA the dense bias as its attention mask.
+# SDPA the dense bias as its attention mask; "explicit" is the reference arithmetic (two batched
+# products around a softmax, as the official code does).
 GPU_ATTENTION = "augmented"
+GPU_ATTENTION_KINDS = ("augmented", "mask", "explicit")
 
 
 def plain_pytorch() -> bool:
@@ -133,8 +135,11 @@ def rel_pos_attention(
     if rel_h is None or rel_w is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     h, w = rel_h.shape[1], rel_h.shape[2]
-    if q.device.type != "cpu" and GPU_ATTENTION == "augmented" and not plain_pytorch():
-        return augmented_attention(q, k, v, rel_h, rel_w, scale)
+    if q.device.type != "cpu" and not plain_pytorch():
+        if GPU_ATTENTION == "augmented":
+            return augmented_attention(q, k, v, rel_h, rel_w, scale)
+        if GPU_ATTENTION == "explicit":
+            return explicit_attention(q, k, v, rel_h, rel_w, scale)
     if q.device.type != "cpu" or not _inference_only(q, k, v, rel_h, rel_w):
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(bh, n, n)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
@@ -167,6 +172,18 @@ def augmented_attention(
     # Flash kernels want one head size for q, k and v: v is widened with zeros and cut back after.
     v2 = F.pad(v, (0, q2.shape[-1] - d))
     return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., :d]
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The reference arithmetic: scores = scale * q @ k^T, plus the bias broadcast from its two
+    factors, softmax, @ v. Writes the (BH, N, N) scores once."""
+    bh, n, _ = q.shape
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    scores = (q * scale) @ k.transpose(-2, -1)
+    scores = (scores.view(bh, h, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(bh, n, n)
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 def _blockwise_attention(

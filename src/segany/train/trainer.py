@@ -507,7 +507,7 @@ class Trainer:
             context = multiprocessing.get_context("fork")
             self._pool = context.Pool(self.cfg.workers, initializer=_init_batch_worker, initargs=(self.dataset,))
             self._pending = {}
-        for s in range(step, min(step + 2 * self.cfg.workers, self.cfg.steps) + 1):
+        for s in range(step, min(step + self.cfg.workers, self.cfg.steps) + 1):
             if s not in self._pending:
                 key = (self.cfg.seed, s, self.dist.rank)
                 self._pending[s] = self._pool.apply_async(_prepared_batch, (key, self.cfg.batch_size))
@@ -515,9 +515,12 @@ class Trainer:
 
     def _close_pool(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
+            # Let the batches in flight finish (a few seconds at most): terminate() with large
+            # results still in the pipe can deadlock the pool's result thread.
+            self._pool.close()
             self._pool.join()
             self._pool = None
+            self._pending = {}
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
