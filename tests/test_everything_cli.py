@@ -117,6 +117,17 @@ def test_single_image_to_png_label_map(tmp_path, data_dir, ref_checkpoint):
     assert labels.max() >= 1
 
 
+def test_bf16_precision_gives_nearly_the_same_label_map(tmp_path, data_dir, ref_checkpoint):
+    image = data_dir / "coco_tiny" / "val2017" / IMAGES[1]
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert everything(ref_checkpoint, str(image), "-o", str(out), "--format", "png", "--precision", precision) == 0
+        maps[precision] = np.asarray(Image.open(out / f"{image.stem}.png"))
+    fg32, fg16 = maps["fp32"] > 0, maps["bf16"] > 0
+    assert fg32.any() and (fg32 & fg16).sum() / (fg32 | fg16).sum() > 0.95
+
+
 def test_bad_input(tmp_path, ref_checkpoint, folder, capsys):
     assert everything(ref_checkpoint, str(tmp_path / "nope"), "-o", str(tmp_path / "o")) == 2
     empty = tmp_path / "empty"
@@ -125,6 +136,7 @@ def test_bad_input(tmp_path, ref_checkpoint, folder, capsys):
     assert everything(ref_checkpoint, str(folder / "broken.jpg"), "-o", str(tmp_path / "o")) == 2
     assert main(["everything", str(folder), "-o", str(tmp_path / "o"), "--points-per-side", "0"]) == 2
     assert main(["everything", str(folder), "-o", str(tmp_path / "o"), "--box-nms-thresh", "1.5"]) == 2
+    assert main(["everything", str(folder), "-o", str(tmp_path / "o"), "--precision", "fp8"]) == 2
     err = capsys.readouterr().err
     assert "input not found" in err and "no images" in err and "broken.jpg" in err
     assert "Traceback" not in err

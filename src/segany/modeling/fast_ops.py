@@ -19,11 +19,13 @@ _onednn_linear_ok: bool | None = None  # decided on first use by comparing with 
 # Score elements (queries x keys) per attention chunk: 1M fp32 = 4 MiB, sized to stay in cache.
 ATTENTION_CHUNK_ELEMENTS = 1 << 20
 
-# How rel-pos attention runs off the CPU (GPUs): "augmented" folds the bias into the q.k product,
-# so that SDPA's fused kernels run with no mask and no (N, N) bias is ever written; "mask" gives
-# SDPA the dense bias as its attention mask; "explicit" is the reference arithmetic (two batched
-# products around a softmax, as the official code does).
-GPU_ATTENTION = "augmented"
+# How rel-pos attention runs off the CPU (GPUs): "explicit" is the reference arithmetic (two batched
+# products around a softmax, as the official code does); "augmented" folds the bias into the q.k
+# product, so that SDPA's fused kernels run with no mask and no (N, N) bias is ever written; "mask"
+# gives SDPA the dense bias as its attention mask. On an H100 (ViT-H, bench/gpu.py) explicit was the
+# fastest: bf16 54 ms against 83 (augmented) and 80 (mask); the widened heads (up to 208 channels,
+# v padded alike) cost more than the N x N scores they save at these sizes.
+GPU_ATTENTION = "explicit"
 GPU_ATTENTION_KINDS = ("augmented", "mask", "explicit")
 
 

@@ -14,6 +14,8 @@ Layouts:
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import os
 import re
@@ -102,7 +104,7 @@ def read_folder_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLik
     if not stems:
         raise DataError(f"no image in {images_dir} has a mask with the same stem in {masks_dir}")
     return [
-        ImageRecord(images[s], (lambda p=masks[s]: read_mask_file(p)), name=s) for s in stems
+        ImageRecord(images[s], partial(read_mask_file, masks[s]), name=s) for s in stems
     ]
 
 
@@ -153,7 +155,7 @@ def read_coco(
             continue
         path = images_dir / info["file_name"]
         h, w = info["height"], info["width"]
-        records.append(ImageRecord(path, (lambda a=anns, h=h, w=w: _annotation_masks(a, h, w)), name=Path(path).stem))
+        records.append(ImageRecord(path, partial(_annotation_masks, anns, h, w), name=Path(path).stem))
     return records
 
 
@@ -167,7 +169,7 @@ def read_sa1b(folder: str | os.PathLike) -> list[ImageRecord]:
     for stem, path in images.items():
         ann = folder / f"{stem}.json"
         if ann.exists():
-            records.append(ImageRecord(path, (lambda p=ann: _read_sa1b_masks(p)), name=stem))
+            records.append(ImageRecord(path, partial(_read_sa1b_masks, ann), name=stem))
     if not records:
         raise DataError(f"no SA-1B image/JSON pairs in {folder}")
     return records

@@ -503,8 +503,10 @@ class Trainer:
         import multiprocessing
 
         if self._pool is None:
-            # fork: workers share the loaded records; they never touch the GPU.
-            context = multiprocessing.get_context("fork")
+            # spawn, not fork: a process forked after torch, OpenCV or OpenMP started their thread
+            # pools can deadlock in its first parallel call (seen in the test suite). The dataset
+            # (paths and annotation lists) is pickled to each worker once.
+            context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(self.cfg.workers, initializer=_init_batch_worker, initargs=(self.dataset,))
             self._pending = {}
         for s in range(step, min(step + self.cfg.workers, self.cfg.steps) + 1):
