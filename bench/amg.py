@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _common
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference_sam"
 
@@ -56,13 +58,7 @@ def load_weights(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str
     if args.random_vit_b:
         torch.manual_seed(0)
         model = build_sam("vit_b")
-        decoder = model.mask_decoder
-        with torch.no_grad():
-            for mlp in decoder.output_hypernetworks_mlps:
-                mlp.layers[-1].weight.mul_(300)
-                mlp.layers[-1].bias.mul_(300)
-            decoder.iou_prediction_head.layers[-1].weight.mul_(20)
-            decoder.iou_prediction_head.layers[-1].bias.mul_(20).add_(0.8)
+        _common.scale_decoder_outputs(model)
         return {k: v.clone() for k, v in model.state_dict().items()}, "random vit_b (seed 0, decoder outputs scaled)"
     if args.default_model:
         from segany import DEFAULT_MODEL

@@ -24,9 +24,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-import _common  # noqa: F401  (puts src/ on the path)
-from segany.benchmark import dumps, environment, mask_iou, match_records, official_package, paired_models
-from segany.io import atomic_write_bytes, read_image
+import _common
+from segany.benchmark import mask_iou, match_records, official_package, paired_models
+from segany.io import read_image
 from segany.modeling import fast_ops
 from segany.predictor import SamPredictor
 
@@ -51,18 +51,6 @@ def timed_alternating(fns: dict[str, Callable[[], Any]], repeats: int, device: t
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {k: {"median_s": round(statistics.median(v), 4), "min_s": round(min(v), 4)} for k, v in times.items()}
-
-
-def scale_decoder_outputs(model: torch.nn.Module) -> None:
-    """Random decoders give near-zero logits and IoU predictions; scale them like bench/amg.py so that the
-    official filters (IoU >= 0.88, stability >= 0.95) keep masks and NMS has work to do."""
-    decoder = model.mask_decoder
-    with torch.no_grad():
-        for mlp in decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(300)
-            mlp.layers[-1].bias.mul_(300)
-        decoder.iou_prediction_head.layers[-1].weight.mul_(20)
-        decoder.iou_prediction_head.layers[-1].bias.mul_(20).add_(0.8)
 
 
 def main() -> None:
@@ -92,7 +80,7 @@ def main() -> None:
     ours, official = paired_models(args.model)
     if official is None:
         raise SystemExit("error: the official segment_anything package is needed (pip install -e .[bench])")
-    scale_decoder_outputs(ours)
+    _common.scale_decoder_outputs(ours)
     official.load_state_dict(ours.state_dict())
     ours.to(device).eval()
     official.to(device).eval()
@@ -100,8 +88,8 @@ def main() -> None:
     pkg = official_package()
 
     # -- encoder: the network alone on a preprocessed (1, 3, 1024, 1024) input, and set_image end to end.
-    x = ours.preprocess(torch.as_tensor(ours_image_input(ours, image), device=device))
     fp32 = SamPredictor(ours)
+    x = ours.preprocess(fp32._prepare_image(image, "RGB"))
     bf16 = SamPredictor(ours, precision="bf16")
     off = pkg.SamPredictor(official)
 
@@ -234,19 +222,7 @@ def main() -> None:
             k: match_records(outputs[k], outputs["official_fp32_batch64"]) for k in outputs if k != "official_fp32_batch64"
         }
         result["everything_mode"][config] = amg
-    result["environment"] = environment()
-    text = dumps(result)
-    print(text)
-    if args.out:
-        atomic_write_bytes(args.out, (text + "\n").encode())
-
-
-def ours_image_input(model, image: np.ndarray) -> torch.Tensor:
-    """(1, 3, h, w) float input resized to the encoder's long side, as set_image prepares it."""
-    from segany.transforms import ResizeLongestSide
-
-    resized = ResizeLongestSide(model.image_encoder.img_size).apply_image(image)
-    return torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None].float()
+    _common.emit(result, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Both are exact re-orderings of the reference computation (fp32 results agree to ~1e-6 relative) and
 fall back to plain PyTorch whenever their preconditions do not hold (autograd, non-CPU devices,
-dtypes oneDNN does not take, PyTorch builds without the op).
+dtypes oneDNN does not take, PyTorch builds without the op). On GPUs the rel-pos attention takes
+the form named by ``GPU_ATTENTION``.
 """
 
 from __future__ import annotations

@@ -14,12 +14,11 @@ Layouts:
 
 from __future__ import annotations
 
-from functools import partial
-
 import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -428,6 +428,7 @@ class Trainer:
             raise ConfigError(f"{self.out / 'last.pt'} exists: pass --resume to continue it, or use another output_dir")
         self._stop = False
         self._pool = None
+        self._pending: dict[int, Any] = {}  # step -> batch being prepared by a worker
 
     # -- state ------------------------------------------------------------------------------
 
@@ -489,6 +490,10 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------
 
+    def _step_key(self, step: int) -> tuple[int, int, int]:
+        """The seed of every random choice of a step on this rank (exact resume, same batches in workers)."""
+        return (self.cfg.seed, step, self.dist.rank)
+
     def _batch(self, rng: np.random.Generator):
         """The step's batch on the device. With ``workers``, it was drawn ahead in a worker from the
         same (seed, step, rank) generator, whose state after the draw is carried on here."""
@@ -508,11 +513,9 @@ class Trainer:
             # (paths and annotation lists) is pickled to each worker once.
             context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(self.cfg.workers, initializer=_init_batch_worker, initargs=(self.dataset,))
-            self._pending = {}
         for s in range(step, min(step + self.cfg.workers, self.cfg.steps) + 1):
             if s not in self._pending:
-                key = (self.cfg.seed, s, self.dist.rank)
-                self._pending[s] = self._pool.apply_async(_prepared_batch, (key, self.cfg.batch_size))
+                self._pending[s] = self._pool.apply_async(_prepared_batch, (self._step_key(s), self.cfg.batch_size))
         return self._pending.pop(step).get()
 
     def _close_pool(self) -> None:
@@ -529,7 +532,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def train_step(self) -> dict[str, float]:
-        rng = np.random.default_rng([self.cfg.seed, self.step, self.dist.rank])
+        rng = np.random.default_rng(list(self._step_key(self.step)))
         images, masks = self._batch(rng)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
