@@ -146,6 +146,34 @@ def test_shared_image_decoder_equals_mask_decoder(ref_model, img0, predictor0, m
     assert ((masks > 0) != (want_masks > 0)).float().mean() < 1e-4
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_decode_confident_keeps_the_prompts_that_pass(ref_model, img0, predictor0, batched, monkeypatch):
+    """IoU first, mask tokens only for prompts with an IoU prediction above the threshold: the same
+    IoUs, hypernetwork weights and image tokens as decoding everything, for exactly those prompts."""
+    import segany.batched_decoder as batched_decoder
+
+    if batched:
+        monkeypatch.setattr(batched_decoder, "_per_prompt", lambda x: False)
+    points = build_point_grid(4) * np.array([[img0.shape[1], img0.shape[0]]])
+    coords = torch.as_tensor(predictor0.transform.apply_coords(points, img0.shape[:2]), dtype=torch.float)[:, None]
+    labels = torch.ones(coords.shape[:2], dtype=torch.int)
+    decoder = SharedImageMaskDecoder(ref_model, predictor0.features)
+    with torch.no_grad():
+        sparse, _ = ref_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    iou_all, hyper_all, image_all = decoder.decode_tokens(sparse, multimask_output=True)
+    threshold = float(iou_all.max(dim=1).values.median())  # about half of the prompts pass
+    iou, prompts, hyper, image = decoder.decode_confident(sparse, threshold)
+    want = (iou_all > threshold).any(dim=1).nonzero().squeeze(1)
+    assert 0 < len(want) < len(sparse)
+    assert torch.equal(prompts, want)
+    torch.testing.assert_close(iou, iou_all, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(hyper, hyper_all[want], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(image, image_all[want], atol=1e-6, rtol=1e-6)
+    # Nothing passes: no mask tokens are decoded at all.
+    iou, prompts, hyper, image = decoder.decode_confident(sparse, float(iou_all.max()) + 1.0)
+    assert len(prompts) == 0 and hyper.shape == (0, 3, hyper_all.shape[-1]) and image.shape[0] == 0
+
+
 def test_upsampling_equals_the_official_interpolations(ref_model, img0):
     import torch.nn.functional as F
 

@@ -218,17 +218,6 @@ def test_match_records_pairs_the_same_masks(ref_model, reference_arrays):
     assert fewer["matched"] == len(records) - 1
 
 
-def test_linear_add_equals_addmm():
-    gen = torch.Generator().manual_seed(3)
-    x, w, other = torch.randn(300, 56, generator=gen), torch.randn(256, 56, generator=gen), torch.randn(300, 256, generator=gen)
-    with torch.inference_mode():
-        got = fast_ops.linear_add(x, w, other)
-    assert torch.allclose(got, torch.addmm(other, x, w.T), atol=1e-5)
-    x.requires_grad_(True)
-    fast_ops.linear_add(x, w, other).sum().backward()  # autograd takes the plain path
-    assert x.grad is not None
-
-
 def test_malloc_tuning_applies_once_and_can_be_turned_off():
     import os
     import subprocess

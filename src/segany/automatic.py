@@ -282,13 +282,19 @@ class SamAutomaticMaskGenerator:
         step = _CPU_DECODE_CHUNK_PROMPTS if sparse.device.type == "cpu" else len(sparse)
         logits, ious, prompt_ids = [], [], []
         for start in range(0, len(sparse), step):
-            iou, hyper, image_tokens = decoder.decode_tokens(sparse[start : start + step], multimask_output=True)
-            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-            prompts = keep.any(dim=1).nonzero().squeeze(1)
+            batch = sparse[start : start + step]
+            if self.pred_iou_thresh > 0.0:
+                # The mask tokens' last attention and the upscaling run only for prompts that pass.
+                iou, prompts, hyper, image_tokens = decoder.decode_confident(batch, self.pred_iou_thresh)
+                keep = iou > self.pred_iou_thresh
+            else:
+                iou, hyper, image_tokens = decoder.decode_tokens(batch, multimask_output=True)
+                keep = torch.ones_like(iou, dtype=torch.bool)
+                prompts = torch.arange(len(batch), device=iou.device)
             if len(prompts) == 0:
                 continue
             kept = keep[prompts]
-            logits.append(decoder.upscale_masks(image_tokens[prompts], hyper[prompts])[kept])
+            logits.append(decoder.upscale_masks(image_tokens, hyper)[kept])
             ious.append(iou[prompts][kept])
             prompt_ids.append((start + prompts).repeat_interleave(kept.sum(dim=1)))
         if not logits:

@@ -33,7 +33,7 @@ class ImageEmbedding:
 PRECISIONS = ("fp32", "bf16", "int8")
 # Prompts per mask-decoder pass on CPU: each prompt carries (64*64, 256) image activations; a few
 # at a time stay in cache, many at once are slower per prompt than one by one.
-DECODER_CHUNK = 2
+DECODER_CHUNK = 4
 
 
 class SamPredictor:

@@ -99,24 +99,6 @@ def linear_act(
     return act(F.linear(x, weight, bias))
 
 
-_ONEDNN_LINEAR_ADD = getattr(_ONEDNN_LINEAR, "binary", None)
-
-
-def linear_add(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T + other`` for 2-D fp32 operands, with the sum fused into oneDNN's product on
-    CPU inference (about 2x MKL's addmm when ``x`` has few columns); ``torch.addmm`` otherwise."""
-    if (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == other.dtype == torch.float32
-        and _ONEDNN_LINEAR_ADD is not None
-        and _inference_only(x, weight, other)
-        and _autocast_dtype(x) is None
-        and _check_onednn_linear()
-    ):
-        return _ONEDNN_LINEAR_ADD(x, other, weight, None, "add")
-    return torch.addmm(other, x, weight.T)
-
-
 def rel_pos_attention(
     q: torch.Tensor,
     k: torch.Tensor,
