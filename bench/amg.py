@@ -115,6 +115,10 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+        help="segany's precision (the official package runs fp32); fp32 gives the official masks",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -134,11 +138,12 @@ def main() -> None:
         "image_size": list(image.shape[:2]),
         "params": params,
         "threads": args.threads,
+        "segany_precision": args.precision,
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
     }
     def run_ours():  # a fresh generator each time: a generator reuses the embeddings of its last image
-        return SamAutomaticMaskGenerator(ours_model, **params).generate(image)
+        return SamAutomaticMaskGenerator(ours_model, **params, precision=args.precision).generate(image)
 
     ours, wall, cpu = timed(run_ours)
     result["segany"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "masks": len(ours)}

@@ -174,6 +174,42 @@ def test_decode_confident_keeps_the_prompts_that_pass(ref_model, img0, predictor
     assert len(prompts) == 0 and hyper.shape == (0, 3, hyper_all.shape[-1]) and image.shape[0] == 0
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_bf16_shared_image_decoder_agrees_with_fp32(ref_model, img0, predictor0, batched, monkeypatch):
+    """The fast decoder (bf16 image side): fp32 outputs, masks at IoU >= 0.97 with the fp32 module's."""
+    import segany.batched_decoder as batched_decoder
+
+    if batched:
+        monkeypatch.setattr(batched_decoder, "_per_prompt", lambda x: False)
+    points = build_point_grid(4) * np.array([[img0.shape[1], img0.shape[0]]])
+    coords = torch.as_tensor(predictor0.transform.apply_coords(points, img0.shape[:2]), dtype=torch.float)[:, None]
+    labels = torch.ones(coords.shape[:2], dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = ref_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        want_masks, want_iou = ref_model.mask_decoder(
+            predictor0.features, ref_model.prompt_encoder.get_dense_pe(), sparse, dense, True
+        )
+    decoder = SharedImageMaskDecoder(ref_model, predictor0.features, dtype=torch.bfloat16)
+    iou, hyper, image_tokens = decoder.decode_tokens(sparse, multimask_output=True)
+    masks = decoder.upscale_masks(image_tokens, hyper)
+    assert image_tokens.dtype == torch.bfloat16
+    assert iou.dtype == masks.dtype == torch.float32 and masks.shape == want_masks.shape
+    assert not torch.equal(masks, want_masks)  # reduced precision really ran
+    assert (iou - want_iou).abs().max() < 0.02
+    got, want = masks > 0, want_masks > 0
+    inter = (got & want).flatten(2).sum(-1).float()
+    union = (got | want).flatten(2).sum(-1).float()
+    mask_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+    assert mask_iou.min() >= 0.97, mask_iou.min()
+
+
+def test_fast_precisions_decode_in_bf16(ref_model):
+    assert SamPredictor(ref_model).decoder_dtype == torch.float32
+    assert SamPredictor(ref_model, precision="bf16").decoder_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be"):
+        SharedImageMaskDecoder(ref_model, torch.zeros(1, 256, 64, 64), dtype=torch.float16)
+
+
 def test_upsampling_equals_the_official_interpolations(ref_model, img0):
     import torch.nn.functional as F
 

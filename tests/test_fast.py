@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -192,6 +193,10 @@ def test_bench_command_prints_a_table(ref_checkpoint, capsys):
     per_prompt = next(line for line in out if line.startswith("predict, per prompt"))
     assert float(per_prompt.split()[3]) > 0 and per_prompt.split()[-1] == "-"
     assert any(line.startswith("5 prompts: predict_batch vs 5 calls") for line in out)
+    fast = next(line for line in out if line.startswith("predict, per prompt, bf16 decoder"))
+    assert float(fast.split()[5]) > 0
+    agreement = next(line for line in out if line.strip().startswith("bf16_mask_iou_vs_fp32:"))
+    assert json.loads(agreement.split(":", 1)[1])["min"] >= 0.97
     everything = next(line for line in out if line.startswith("everything, 3x3 points"))
     assert float(everything.split()[3]) > 0 and everything.split()[-1] == "-"
 

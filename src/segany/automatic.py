@@ -96,7 +96,7 @@ class SamAutomaticMaskGenerator:
       rerun NMS; 0 disables.
     - ``output_mode``: ``"binary_mask"`` ((H, W) bool arrays), ``"uncompressed_rle"`` or
       ``"coco_rle"`` (COCO RLE with str counts).
-    - ``precision``: how the image encoder runs (see :class:`SamPredictor`); ``"fp32"`` gives the
+    - ``precision``: how the image encoder and mask decoder run (see :class:`SamPredictor`); ``"fp32"`` gives the
       official masks, ``"bf16"`` is the fast mode on GPUs and bf16-capable CPUs.
     """
 
@@ -217,7 +217,7 @@ class SamAutomaticMaskGenerator:
             self._embeddings[tuple(crop_box)] = predictor.get_embedding()
         else:
             predictor.set_embedding(cached)
-        decoder = SharedImageMaskDecoder(model, predictor.features)
+        decoder = SharedImageMaskDecoder(model, predictor.features, dtype=predictor.decoder_dtype)
         input_size = tuple(predictor.input_size)
 
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # (P, 2) float64 (x, y)

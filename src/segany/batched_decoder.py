@@ -71,12 +71,19 @@ class SharedImageMaskDecoder:
     gives IoU predictions for a batch of prompts cheaply, and :meth:`upscale_masks` the low-res
     mask logits for the prompts that need them. No dense (mask) prompt: the decoder's
     no-mask embedding is used, as in automatic mask generation.
+
+    dtype: the type of the image-side tensors and their products. ``torch.bfloat16`` halves their
+    memory traffic and runs the products as bf16 matmuls (fp32 accumulation); the prompt tokens,
+    IoU predictions and returned logits stay fp32. Default fp32: the official results.
     """
 
     @torch.no_grad()
-    def __init__(self, model: Sam, features: torch.Tensor) -> None:
+    def __init__(self, model: Sam, features: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
         if features.ndim != 4 or features.shape[0] != 1:
             raise ValueError(f"features must be (1, C, H, W), got {tuple(features.shape)}")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        self.dtype = dtype
         self.model = model
         decoder = model.mask_decoder
         self.decoder = decoder
@@ -106,16 +113,18 @@ class SharedImageMaskDecoder:
         self.first_k_t = _heads(t2i.k_proj(src_pos), t2i.num_heads)[0].transpose(1, 2).contiguous()  # (h, c, N)
         self.first_v = _heads(t2i.v_proj(self.src), t2i.num_heads)[0].contiguous()  # (h, N, c)
         self.first_q_t = _heads(i2t.q_proj(src_pos), i2t.num_heads)[0].transpose(1, 2).contiguous()  # (h, c, N)
+        self.src, self.pos = self.src.to(dtype), self.pos.to(dtype)
+        self.first_k_t, self.first_v, self.first_q_t = (t.to(dtype) for t in (self.first_k_t, self.first_v, self.first_q_t))
 
         # Upscaling convolutions as per-pixel linear maps: weight (2*2*C_out, C_in), rows ordered (dy, dx, out).
         conv1, norm, act1, conv2, act2 = upscaling
         if not (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == act2.approximate == "none"):
             raise ValueError("unexpected mask decoder upscaling activations (exact GELU expected)")
-        self.up1_w = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels).contiguous()
-        self.up1_b = conv1.bias.repeat(4)
+        self.up1_w = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels).to(dtype).contiguous()
+        self.up1_b = conv1.bias.repeat(4).to(dtype)
         self.up_norm = norm
-        self.up2_w = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.in_channels).contiguous()
-        self.up2_b = conv2.bias.repeat(4)
+        self.up2_w = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.in_channels).to(dtype).contiguous()
+        self.up2_b = conv2.bias.repeat(4).to(dtype)
 
     # -- attention pieces -------------------------------------------------------------------
 
@@ -127,8 +136,8 @@ class SharedImageMaskDecoder:
         b, n, _ = q_in.shape
         q = _heads(attn.q_proj(q_in), attn.num_heads)  # (B, h, n, c)
         q = q.transpose(0, 1).reshape(attn.num_heads, b * n, -1)  # (h, B*n, c)
-        weights = torch.bmm(q * (1.0 / math.sqrt(q.shape[-1])), k_t).softmax(dim=-1)  # (h, B*n, N)
-        out = torch.bmm(weights, v)  # (h, B*n, c)
+        weights = torch.bmm((q * (1.0 / math.sqrt(q.shape[-1]))).to(k_t.dtype), k_t).softmax(dim=-1)  # (h, B*n, N)
+        out = torch.bmm(weights, v).to(q.dtype)  # (h, B*n, c)
         out = out.reshape(attn.num_heads, b, n, -1).transpose(0, 1)  # (B, h, n, c)
         return attn.out_proj(_merge_heads(out))
 
@@ -144,7 +153,7 @@ class SharedImageMaskDecoder:
         scale = 1.0 / math.sqrt(q.shape[-1])
         # Scores q . (W_k x + b_k): the b_k term is constant over image tokens, so softmax drops it.
         q_in_image_space = torch.einsum("bhnc,hcd->bhnd", q, _head_weights(attn.k_proj, heads)) * scale
-        q_in_image_space = q_in_image_space.reshape(b, heads * n, -1)
+        q_in_image_space = q_in_image_space.reshape(b, heads * n, -1).to(image.dtype)
         if _per_prompt(image):
             pooled = []
             for i in range(b):
@@ -154,7 +163,7 @@ class SharedImageMaskDecoder:
         else:
             pooled_all = torch.bmm(torch.bmm(q_in_image_space, image_pos.transpose(1, 2)).softmax(dim=-1), image)
         # softmax(s) (W_v x + b_v) = W_v (softmax(s) x) + b_v since the weights sum to one.
-        pooled_t = pooled_all.reshape(b, heads, n, -1)
+        pooled_t = pooled_all.to(q.dtype).reshape(b, heads, n, -1)
         values = torch.einsum("bhnd,hcd->bhnc", pooled_t, _head_weights(attn.v_proj, heads))
         values = values + attn.v_proj.bias.reshape(heads, 1, -1)
         return attn.out_proj(_merge_heads(values))
@@ -178,7 +187,7 @@ class SharedImageMaskDecoder:
         w_out = attn.out_proj.weight.reshape(-1, heads, v.shape[-1]).transpose(0, 1)  # (h, C, c)
         token_out = torch.einsum("bhnc,hdc->bhnd", v, w_out).reshape(b, heads * n, -1)  # (B, h*n, C)
         # Each head's weights sum to one, so adding bias/heads to every row adds the bias once.
-        token_out = (token_out + attn.out_proj.bias / heads).contiguous()
+        token_out = (token_out + attn.out_proj.bias / heads).to(image.dtype).contiguous()
         if not _per_prompt(image):
             return norm(torch.baddbmm(image.expand(b, -1, -1), weights_t.transpose(1, 2), token_out))
         shared = image.shape[0] == 1
@@ -225,13 +234,14 @@ class SharedImageMaskDecoder:
             if index == 0:
                 # Shared image queries (h, c, N) against every prompt's tokens.
                 k_by_head = k.transpose(0, 1).reshape(heads, b * n, -1)
-                scores = torch.bmm(k_by_head * scale, self.first_q_t)  # (h, B*n, N)
+                scores = torch.bmm((k_by_head * scale).to(self.dtype), self.first_q_t)  # (h, B*n, N)
                 weights_t = scores.reshape(heads, b, n, -1).softmax(dim=2).transpose(0, 1).reshape(b, heads * n, -1)
             else:
                 # (W_q x + b_q) . k = x . (W_q^T k) + b_q . k, with x = image + pe.
                 k_in_image_space = torch.einsum("bhnc,hcd->bhnd", k, _head_weights(i2t.q_proj, heads)) * scale
-                k_in_image_space = k_in_image_space.reshape(b, heads * n, -1)
+                k_in_image_space = k_in_image_space.reshape(b, heads * n, -1).to(self.dtype)
                 bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k).reshape(b, -1, 1) * scale
+                bias = bias.to(self.dtype)
                 if _per_prompt(image):
                     per_prompt = []
                     for i in range(b):
@@ -316,9 +326,16 @@ class SharedImageMaskDecoder:
         x = linear_act(image.reshape(-1, image.shape[-1]), self.up1_w, self.up1_b)  # (B*N, 4*c1)
         x = F.gelu(F.layer_norm(x.reshape(-1, c1), (c1,), self.up_norm.weight, self.up_norm.bias, self.up_norm.eps))
         x = linear_act(x, self.up2_w, self.up2_b, "gelu")  # (B*N*4, 4*c2)
-        c2 = hyper.shape[-1]
-        x = hyper @ x.reshape(b, -1, c2).transpose(1, 2)  # (B, M, N*16)
-        m = hyper.shape[1]
+        c2, m = hyper.shape[-1], hyper.shape[1]
+        x = x.reshape(b, -1, c2)
+        hyper = hyper.to(x.dtype)
+        if _per_prompt(x):  # 2-D products: CPU bmm with a transposed operand is ~7x slower in bf16
+            masks = x.new_empty((b, m, x.shape[1]))
+            for i in range(b):
+                torch.mm(hyper[i], x[i].T, out=masks[i])
+        else:
+            masks = torch.bmm(hyper, x.transpose(1, 2))
+        x = masks.float()  # (B, M, N*16)
         # Columns are ordered (y, x, dy1, dx1, dy2, dx2): pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2).
         # Two 5-D reorders, one per upscaling step, are ~3x faster than one 8-D permute.
         x = x.reshape(b * m, h, w, 2, 2, 4).permute(0, 1, 3, 2, 4, 5)  # (y, dy1, x, dx1, (dy2, dx2))

@@ -232,14 +232,22 @@ def bench_decoder(
     image: np.ndarray,
     num_prompts: int = 64,
     repeats: int = 3,
+    fast: bool = True,
 ) -> dict[str, Any]:
     """``num_prompts`` single-point prompts: one ``predict`` call each (ours and official), and all
-    of them in one ``predict_batch`` call. Both sides use the same (segany fp32) embedding."""
+    of them in one ``predict_batch`` call. Every side uses the same (segany fp32) embedding.
+
+    fast: also time segany's bf16 decoder (``precision="bf16"``, on the same embedding) and
+    report the IoU of its masks with the fp32 decoder's."""
     ours = SamPredictor(model)
     with torch.inference_mode():
         ours.set_image(image)
     points = grid_points(image.shape, int(np.ceil(np.sqrt(num_prompts))))[:num_prompts]
     labels = np.ones(1)
+    fast_predictor = None
+    if fast:
+        fast_predictor = SamPredictor(model, precision="bf16")
+        fast_predictor.set_embedding(ours.get_embedding())
 
     def ours_each() -> None:
         for pt in points:
@@ -270,11 +278,27 @@ def bench_decoder(
         }
     fns["segany_predict_each"] = ours_each
     fns["segany_predict_batch"] = lambda: ours.predict_batch(points[:, None], np.ones((len(points), 1)))
+    if fast_predictor is not None:
+        fast_p = fast_predictor
+
+        def fast_each() -> None:
+            for pt in points:
+                fast_p.predict(pt[None], labels)
+
+        fns["segany_bf16_predict_each"] = fast_each
+        fns["segany_bf16_predict_batch"] = lambda: fast_p.predict_batch(points[:, None], np.ones((len(points), 1)))
+        with torch.inference_mode():
+            want, _, _ = ours.predict_batch(points[:, None], np.ones((len(points), 1)))
+            got, _, _ = fast_p.predict_batch(points[:, None], np.ones((len(points), 1)))
+        ious = [mask_iou(a, b) for a, b in zip(got.reshape(-1, *got.shape[2:]), want.reshape(-1, *want.shape[2:]))]
+        result_fast = {"mean": float(np.mean(ious)), "min": float(np.min(ious)), "n": len(ious)}
     cpu: dict[str, list[float]] = {}
     with torch.inference_mode():
         times = interleaved(fns, repeats, cpu=cpu)
     result["times"] = {k: summary(v) for k, v in times.items()}
     result["cpu_time"] = _cpu_summary(cpu, "official_predict_each")
+    if fast_predictor is not None:
+        result["bf16_mask_iou_vs_fp32"] = result_fast
     n = len(points)
     result["per_prompt_ms"] = {k: round(1000 * statistics.median(v) / n, 2) for k, v in times.items()}
     if official is not None:

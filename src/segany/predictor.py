@@ -39,10 +39,13 @@ DECODER_CHUNK = 4
 class SamPredictor:
     """Embed an image once, then answer prompts.
 
-    precision: how the image encoder runs. "fp32" (default) matches the official outputs to 1e-4;
-    "bf16" runs it under bfloat16 autocast (CPU or GPU); "int8" (CPU only) uses a dynamically
-    quantized int8 copy of its linear layers, with bfloat16 attention. The prompt encoder and mask
-    decoder always run in fp32. compile: wrap the encoder in ``torch.compile`` (slow first call).
+    precision: how the model runs. "fp32" (default) matches the official outputs to 1e-4; "bf16"
+    runs the image encoder under bfloat16 autocast (CPU or GPU); "int8" (CPU only) uses a dynamically
+    quantized int8 copy of its linear layers, with bfloat16 attention. With "bf16" and "int8" the
+    mask decoder's image-side tensors and products are bfloat16 as well (prompts without a mask
+    input; see :class:`SharedImageMaskDecoder`); the prompt encoder, the decoder's prompt tokens,
+    IoU predictions and returned logits stay fp32. compile: wrap the encoder in ``torch.compile``
+    (slow first call).
 
     On CPU, the first predictor of a process raises glibc malloc's mmap/trim thresholds so that
     the decoder's large temporary tensors are reused rather than page-faulted afresh
@@ -267,9 +270,14 @@ class SamPredictor:
             masks = masks > self.model.mask_threshold
         return masks, iou_predictions, low_res_masks
 
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        """The type of the mask decoder's image-side products: bfloat16 in the fast precisions."""
+        return torch.float32 if self.precision == "fp32" else torch.bfloat16
+
     def _shared_image_decoder(self) -> SharedImageMaskDecoder:
         if self._shared_decoder is None:
-            self._shared_decoder = SharedImageMaskDecoder(self.model, self.features)
+            self._shared_decoder = SharedImageMaskDecoder(self.model, self.features, dtype=self.decoder_dtype)
         return self._shared_decoder
 
     def _full_decoder(

@@ -109,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         batch = med("decoder", "segany_predict_batch")
         print(_row("predict, per prompt", each and each / n, base and base / n, "ms"))
         print(_row(f"{n} prompts: predict_batch vs {n} calls", batch, base))
+        if "bf16_mask_iou_vs_fp32" in results["decoder"]:
+            fast_each = med("decoder", "segany_bf16_predict_each")
+            print(_row("predict, per prompt, bf16 decoder", fast_each and fast_each / n, base and base / n, "ms"))
+            print(_row(f"{n} prompts, batch, bf16 decoder", med("decoder", "segany_bf16_predict_batch"), base))
+            print(f"  bf16_mask_iou_vs_fp32: {json.dumps(results['decoder']['bf16_mask_iou_vs_fp32'])}")
     if "everything" in results:
         everything = results["everything"]
         side = everything["params"]["points_per_side"]

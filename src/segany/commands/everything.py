@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-region-area", type=int, default=0, metavar="PX",
                    help="fill holes / drop islands smaller than this (default 0: off)")
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="image encoder precision (default fp32, the official masks; bf16 is the fast mode on GPUs)")
+                   help="encoder and decoder precision (default fp32, the official masks; bf16 is the fast mode)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_args(p)
     p.set_defaults(func=run)
