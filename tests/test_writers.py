@@ -129,3 +129,10 @@ def test_overlay_pictures(tmp_path, data_dir):
         assert changed[mask].mean() > 0.5
         # PNG is exact; JPEG only adds compression noise near the coloured region.
         assert changed[far].mean() < (0.0 if name.endswith(".png") else 0.03) + 1e-9
+
+
+def test_overlay_of_no_masks_is_the_photo(tmp_path, data_dir):
+    """An image where nothing passes the filters still gets its overlay: the photo unchanged."""
+    photo = np.asarray(Image.open(sorted((data_dir / "coco_mval" / "images").glob("*.jpg"))[0]).convert("RGB"))
+    write_overlay(tmp_path / "overlay.png", photo, [])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "overlay.png")), photo)

@@ -10,6 +10,8 @@ import numpy as np
 
 def mask_colors(n: int, seed: int = 0) -> np.ndarray:
     """n distinct, saturated RGB colours (uint8, (n, 3))."""
+    if n == 0:
+        return np.zeros((0, 3), dtype=np.uint8)  # OpenCV rejects an empty image
     rng = np.random.default_rng(seed)
     hues = (np.arange(n) * 0.618033988749895 + rng.random()) % 1.0
     hsv = np.stack([hues * 179, np.full(n, 200), np.full(n, 255)], axis=1).astype(np.uint8)
