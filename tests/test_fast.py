@@ -36,6 +36,37 @@ def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, size, head
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(14, 14), (9, 12)])
+def test_bf16_windowed_attention_is_as_accurate_as_the_reference_arithmetic(size):
+    """bfloat16 windows take the widened product (bias folded into q.k, accumulated in fp32). On
+    bf16 inputs it must be at least as close to the fp32 result as the reference arithmetic
+    (explicit_attention) run in bf16."""
+    gen = torch.Generator().manual_seed(1)
+    heads, n, dim = 40, size[0] * size[1], 64
+    q, k, v = (torch.randn(heads, n, dim, generator=gen).bfloat16() for _ in range(3))
+    rel_pos_h = (torch.randn(2 * size[0] - 1, dim, generator=gen) * 0.3).bfloat16()
+    rel_pos_w = (torch.randn(2 * size[1] - 1, dim, generator=gen) * 0.3).bfloat16()
+    scale = dim**-0.5
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
+    bias = (rel_h.float()[:, :, :, :, None] + rel_w.float()[:, :, :, None, :]).reshape(heads, n, n)
+    expected = torch.softmax(scale * q.float() @ k.float().transpose(1, 2) + bias, dim=-1) @ v.float()
+    with torch.inference_mode():
+        got = fast_ops.rel_pos_attention(q, k, v, rel_h, rel_w, scale)
+        explicit = fast_ops.explicit_attention(q, k, v, rel_h, rel_w, scale)
+    assert got.dtype == torch.bfloat16
+    error, reference_error = (got.float() - expected).abs(), (explicit.float() - expected).abs()
+    assert error.mean() <= reference_error.mean()
+    assert error.max() < 0.07
+
+
+def test_encoder_token_stream_is_contiguous(ref_model):
+    """The (B, H, W, C) stream leaves the patch embedding contiguous: LayerNorm and the residual
+    adds run several times slower on the conv's channels-first strides."""
+    tokens = ref_model.image_encoder.patch_embed(torch.zeros(1, 3, 64, 64))
+    assert tokens.shape[-1] == ref_model.image_encoder.patch_embed.proj.out_channels
+    assert tokens.is_contiguous()
+
+
 @pytest.mark.parametrize("kind", ["augmented", "explicit"])
 @pytest.mark.parametrize("size", [(14, 14), (9, 12), (8, 8)])
 def test_gpu_attention_forms_match_the_bias_and_its_gradients(size, kind):

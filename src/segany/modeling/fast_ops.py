@@ -47,6 +47,19 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype ``x`` is computed in: CPU autocast's dtype while it is on, else ``x.dtype``."""
+    return _autocast_dtype(x) or x.dtype
+
+
+def contiguous(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous copy of ``x`` in ``dtype``, written in one pass (``x.to(dtype).contiguous()``
+    can take two, and ``x.to(dtype, memory_format=...)`` may return a strided view)."""
+    if dtype == x.dtype:
+        return x.contiguous()
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
+
+
 def _check_onednn_linear() -> bool:
     global _onednn_linear_ok
     if _onednn_linear_ok is None:
@@ -86,7 +99,7 @@ def linear_act(
     oneDNN on CPU inference, plain PyTorch otherwise."""
     act, attr, algorithm = _ACTIVATIONS[activation]
     if x.device.type == "cpu":
-        dtype = _autocast_dtype(x) or x.dtype
+        dtype = compute_dtype(x)
         if (
             dtype in (torch.float32, torch.bfloat16)
             and weight.dtype in (torch.float32, torch.bfloat16)
@@ -129,7 +142,7 @@ def rel_pos_attention(
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(bh, n, n)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
 
-    dtype = _autocast_dtype(q) or q.dtype
+    dtype = compute_dtype(q)
     with torch.autocast("cpu", enabled=False):  # explicit dtypes: no casts between the steps
         return _blockwise_attention(q.to(dtype), k.to(dtype), v.to(dtype), rel_h.to(dtype), rel_w.to(dtype), scale)
 
@@ -193,6 +206,8 @@ def _blockwise_attention(
                 probs = torch.softmax(scores, dim=-1)
                 out[g, r0 * w : r1 * w] = _ONEDNN_LINEAR(probs, v_t, None, "none", [], "")
         return out
+    if groups > 1 and q.dtype == torch.bfloat16:
+        return _widened_window_attention(q_scaled, k, v, rel_h, rel_w, groups)
     for g0 in range(0, bh, groups):
         g1 = min(bh, g0 + groups)
         for r0 in range(0, h, rows):
@@ -201,4 +216,29 @@ def _blockwise_attention(
             scores = torch.baddbmm(bias.reshape(g1 - g0, (r1 - r0) * w, n), q_scaled[g0:g1, r0 * w : r1 * w], k_t[g0:g1])
             probs = torch.softmax(scores, dim=-1)
             torch.bmm(probs, v[g0:g1], out=out[g0:g1, r0 * w : r1 * w])
+    return out
+
+
+def _widened_window_attention(
+    q_scaled: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """Windowed attention with the bias folded into the score product, as in
+    :func:`augmented_attention`: [q * scale, rel_h, rel_w] . [k, onehot(ky), onehot(kx)].
+
+    For bfloat16 windows (14 x 14) this is ~1.6x faster than adding the broadcast bias: the bias
+    sum over tiny trailing dimensions costs more than 28 extra channels in the product, which
+    accumulates in fp32 and rounds once. In fp32 the extra channels cost as much as they save.
+    """
+    bh, n, _ = q_scaled.shape
+    h, w = rel_h.shape[1], rel_h.shape[2]
+    dtype = q_scaled.dtype
+    onehot_h = torch.eye(h, dtype=dtype, device=k.device).repeat_interleave(w, dim=0)  # key (ky, kx) -> ky
+    onehot_w = torch.eye(w, dtype=dtype, device=k.device).repeat(h, 1)  # key (ky, kx) -> kx
+    keys_t = torch.cat([k.transpose(1, 2), torch.cat([onehot_h, onehot_w], 1).t().expand(bh, h + w, n)], 1)
+    queries = torch.cat([q_scaled, rel_h.reshape(bh, n, h), rel_w.reshape(bh, n, w)], -1)
+    out = torch.empty(bh, n, v.shape[-1], dtype=dtype, device=q_scaled.device)
+    for g0 in range(0, bh, groups):
+        g1 = min(bh, g0 + groups)
+        probs = torch.softmax(torch.bmm(queries[g0:g1], keys_t[g0:g1]), dim=-1)
+        torch.bmm(probs, v[g0:g1], out=out[g0:g1])
     return out

@@ -24,7 +24,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # Contiguous channels-last: every later op on the (B, H, W, C) stream (LayerNorm over C, the
+        # residual adds, the linears) runs several times slower on the channels-first strides that a
+        # bare permute leaves.
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -127,7 +130,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         qkv = fast_ops.linear(x, self.qkv).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
+        # One copy lays q, k and v out per head and, where an int8 layer gave fp32 under CPU autocast,
+        # also casts them to the attention's dtype.
+        q, k, v = fast_ops.contiguous(qkv, fast_ops.compute_dtype(qkv)).view(3, b * self.num_heads, h * w, -1).unbind(0)
         rel_h = rel_w = None
         if self.use_rel_pos:
             rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (h, w))
