@@ -256,6 +256,22 @@ def test_resized_stats_equal_full_size_computation(ref_model, object_logits, inp
     assert stats(torch.randn(2, 256, 256) * 3, 0.0, 1.0) is None
 
 
+def test_full_size_scores_box_only_the_stable_masks(ref_model, object_logits):
+    """The full-size path boxes only masks that pass the stability filter (the rest are dropped):
+    same stability scores, the same boxes for those masks, zero boxes for the others."""
+    generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
+    logits = torch.cat([object_logits, torch.randn(4, 256, 256) * 3])  # objects and noise
+    input_size, size = (768, 1024), (480, 640)
+    with torch.inference_mode():
+        stab_all, boxes_all = generator._score_and_box_full(logits, input_size, size)
+        stab, boxes = generator._score_and_box_full(logits, input_size, size, min_stability=0.9)
+    stable = stab_all >= 0.9
+    assert 0 < int(stable.sum()) < len(logits)
+    assert torch.equal(stab.nan_to_num(-1), stab_all.nan_to_num(-1))
+    assert torch.equal(boxes[stable], boxes_all[stable])
+    assert not boxes[~stable].any()
+
+
 def small_run(generator, img0, **kwargs):
     params = dict(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=1.0)
     params.update(kwargs)

@@ -324,7 +324,7 @@ class SamAutomaticMaskGenerator:
             chunk = low_res[start : start + _STATS_CHUNK_MASKS]
             result = stats(chunk, threshold, self.stability_score_offset) if stats.enlarges else None
             if result is None:  # shrinking resize or noise-like logits: full-size logits are cheaper
-                result = self._score_and_box_full(chunk, input_size, crop_size)
+                result = self._score_and_box_full(chunk, input_size, crop_size, self.stability_score_thresh)
             stab_parts.append(result[0])
             box_parts.append(result[1])
         if not stab_parts:
@@ -332,13 +332,22 @@ class SamAutomaticMaskGenerator:
         return torch.cat(stab_parts), torch.cat(box_parts)
 
     def _score_and_box_full(
-        self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...]
+        self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...], min_stability: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`_score_and_box` from upsampled logits. Boxes are computed only for masks with
+        stability >= ``min_stability`` (the others are dropped by the caller; their boxes are zero)."""
         threshold = self.model.mask_threshold
         stab_parts, box_parts = [], []
         for _, logits in self._upsample(low_res, input_size, crop_size):
-            stab_parts.append(stability_score(logits, threshold, self.stability_score_offset))
-            box_parts.append(logits_to_boxes(logits, threshold))
+            stab = stability_score(logits, threshold, self.stability_score_offset)
+            boxes = torch.zeros((len(logits), 4), dtype=torch.int64, device=logits.device)
+            boxed = stab >= min_stability
+            if boxed.all():
+                boxes = logits_to_boxes(logits, threshold)
+            elif boxed.any():
+                boxes[boxed] = logits_to_boxes(logits[boxed], threshold)
+            stab_parts.append(stab)
+            box_parts.append(boxes)
         return torch.cat(stab_parts), torch.cat(box_parts)
 
     @staticmethod

@@ -149,9 +149,11 @@ class ResizedLogitStats:
         mixed = torch.zeros_like(sure[0])
         for t, s in zip(thresholds, sure):
             mixed |= (hi > t - margin) & ~s
-        k, g, h = mixed.nonzero(as_tuple=True)
+        # Decided before listing the mixed blocks: nonzero() over noise-like maps costs more than
+        # the rest of the work.
         if self._pixels(mixed).sum() > MAX_MIXED_FRACTION * len(logits) * self.output_pixels:
             return None
+        k, g, h = mixed.nonzero(as_tuple=True)
         values = self._block_values(logits, k, g, h)  # NaN compares False: padding never counts
 
         counts = []
