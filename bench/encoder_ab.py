@@ -1,0 +1,103 @@
+"""Image encoder of two segany versions side by side: this checkout against an earlier commit.
+
+Each round runs one subprocess per version (alternating, so that drifts of the host hit both) that
+builds a random-init model, runs the encoder once to warm up and then times it per precision on
+one (1, 3, S, S) input. Prints JSON with every round's best-of-N seconds and the per-precision
+ratio of the medians (base / this checkout).
+
+    python bench/encoder_ab.py --base d33a0df --model vit_b --threads 1 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs inside each subprocess with the version's src/ first on sys.path.
+TIMER = r"""
+import json, sys, time, torch
+src, model_type, threads, repeats, precisions = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+sys.path.insert(0, src)
+torch.set_num_threads(threads)
+from segany.modeling.build import build_sam
+from segany import predictor as P
+P.tune_malloc()
+model = build_sam(model_type).eval()
+size = model.image_encoder.img_size
+x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+out = {}
+for precision in precisions:
+    encoder = P._fast_encoder(model.image_encoder, precision)
+    def run():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
+            encoder(x)
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    out[precision] = min(times)
+print(json.dumps(out))
+"""
+
+
+def time_version(src: Path, args: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, "-c", TIMER, str(src), args.model, str(args.threads), str(args.repeats), *args.precisions]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: timing {src} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="the earlier commit (anything git rev-parse takes)")
+    p.add_argument("--model", default="vit_b")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per precision in each subprocess (best kept)")
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args()
+
+    resolved = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.base}^{{commit}}"], capture_output=True, text=True)
+    if resolved.returncode != 0:
+        raise SystemExit(f"error: unknown commit {args.base!r}")
+    base = resolved.stdout.strip()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="segany-ab-") as tmp:
+        worktree = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(worktree), base], check=True)
+        try:
+            rounds: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
+            for _ in range(args.rounds):
+                rounds["base"].append(time_version(worktree / "src", args))
+                rounds["this"].append(time_version(REPO / "src", args))
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
+    medians = {v: {k: statistics.median(r[k] for r in runs) for k in args.precisions} for v, runs in rounds.items()}
+    result = {
+        "benchmark": "image encoder forward, two segany versions, random init, one input",
+        "model": args.model,
+        "threads": args.threads,
+        "base_commit": base,
+        "this_commit": head + (" (with uncommitted changes)" if subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"]).returncode else ""),
+        "seconds": {v: [{k: round(t, 3) for k, t in r.items()} for r in runs] for v, runs in rounds.items()},
+        "speedup_this_vs_base": {k: round(medians["base"][k] / medians["this"][k], 3) for k in args.precisions},
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
