@@ -115,3 +115,19 @@ def test_cli_eval_coco_and_bad_input(tmp_path, data_dir, ref_checkpoint):
     assert main(["eval", "interactive", "--images", str(tmp_path), "--masks", str(tmp_path), "--output", str(out)]) == 2
     assert main(["eval", "interactive", "--images", str(t / "val2017"), "--masks", str(t / "val2017"), "--match", "(",
                  "--output", str(out)]) == 2
+
+
+def test_plot_legend_labels_stay_inside_the_plot(tmp_path):
+    """Checkpoint paths as curve names: the legend shows the file name, cut short to fit."""
+    from PIL import ImageDraw
+
+    from segany.evaluate.interactive import _legend_label, plot_curve
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    assert _legend_label(draw, "default", "  NoC@90 17.9", 500) == "default  NoC@90 17.9"
+    cut = _legend_label(draw, "x" * 300 + ".safetensors", "  NoC@90 17.9", 500)
+    assert cut.endswith("...  NoC@90 17.9") and draw.textlength(cut) <= 500
+    curve = {"miou_at_clicks": {"1": 0.3, "2": 0.5}, "noc90": 17.9}
+    plot_curve({"/some/dir/" + "y" * 200 + ".safetensors": curve, "default": curve}, tmp_path / "c.png")
+    pixels = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"))
+    assert (pixels[:, -8:] == 255).all()  # nothing drawn in the right margin beyond the frame

@@ -313,6 +313,15 @@ def evaluate(
     return result
 
 
+def _legend_label(draw: Any, name: str, suffix: str, width: float) -> str:
+    """``name + suffix``, the name cut short (with "...") so that the label fits in ``width`` pixels."""
+    label = name + suffix
+    while draw.textlength(label) > width and len(name) > 1:
+        name = name[:-1]
+        label = name + "..." + suffix
+    return label
+
+
 def plot_curve(results: dict[str, dict[str, Any]], path: str | os.PathLike, size: tuple[int, int] = (640, 440)) -> None:
     """mIoU-vs-clicks curves of one or more methods as a PNG (drawn with Pillow)."""
     from PIL import ImageDraw
@@ -343,7 +352,8 @@ def plot_curve(results: dict[str, dict[str, Any]], path: str | os.PathLike, size
         d.line(pts, fill=color, width=2)
         for x, y in pts:
             d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-        d.text((w - right - 200, h - bottom - 20 - 16 * i), f"{name}  NoC@90 {r.get('noc90', '?')}", fill=color)
+        label = _legend_label(d, Path(name).name, f"  NoC@90 {r.get('noc90', '?')}", w - left - right - 20)
+        d.text((w - right - 10 - d.textlength(label), h - bottom - 20 - 16 * i), label, fill=color)
     import io
 
     buf = io.BytesIO()
