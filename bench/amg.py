@@ -14,7 +14,7 @@ Weights: ``--checkpoint`` (any official-layout SAM checkpoint; default the test 
 ``ref_small.pth``, a small random-weight ViT whose decoder is the full SAM decoder), or
 ``--random-vit-b``: a random-init ViT-B whose hypernetwork outputs are scaled x300 and IoU head
 x20 (+0.8 bias) like the fixture, so that the filters act on its masks; or ``--default-model``:
-segany's shipped trained model (256 px input), the one model here whose masks look like real ones
+segany's shipped trained model (512 px input), the one model here whose masks look like real ones
 (random weights give noise-like masks, which take segany's slower scoring path).
 """
 
@@ -65,7 +65,7 @@ def load_weights(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str
         from segany import DEFAULT_MODEL
 
         state, _ = read_checkpoint(DEFAULT_MODEL)
-        return state, "segany default model (trained, 256 px input)"
+        return state, "segany default model (trained, 512 px input)"
     state, _ = read_checkpoint(args.checkpoint)
     return state, str(args.checkpoint)
 

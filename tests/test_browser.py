@@ -126,7 +126,7 @@ def default_server_url():
 
 
 def test_default_model_decodes_in_the_browser(default_server_url, coco_photo, tmp_path):
-    """The shipped model has a 16x16 embedding (64x64 low-res masks): the WASM path must follow it."""
+    """The shipped model has a 32x32 embedding (128x128 low-res masks): the WASM path must follow it."""
     from segany import load_default_model
 
     proc = subprocess.run(

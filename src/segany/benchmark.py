@@ -36,7 +36,7 @@ def official_package() -> ModuleType | None:
 
 
 def official_sam(config: SamConfig) -> torch.nn.Module:
-    """The official package's Sam with the architecture of ``config`` (any size, e.g. the 256 px
+    """The official package's Sam with the architecture of ``config`` (any size, e.g. the 512 px
     default model, not only the registry's three), built from its modules; random init, eval mode."""
     from functools import partial
 
