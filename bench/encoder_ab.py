@@ -27,17 +27,16 @@ src, model_type, threads, repeats, precisions = sys.argv[1], sys.argv[2], int(sy
 sys.path.insert(0, src)
 torch.set_num_threads(threads)
 from segany.modeling.build import build_sam
-from segany import predictor as P
-P.tune_malloc()
+from segany.predictor import SamPredictor
 model = build_sam(model_type).eval()
 size = model.image_encoder.img_size
 x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 out = {}
 for precision in precisions:
-    encoder = P._fast_encoder(model.image_encoder, precision)
+    predictor = SamPredictor(model, precision=precision)  # its encoder call, as set_image runs it
     def run():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
-            encoder(x)
+        with torch.inference_mode():
+            predictor._encode(x)
     run()
     times = []
     for _ in range(repeats):

@@ -340,12 +340,13 @@ class SamAutomaticMaskGenerator:
         stab_parts, box_parts = [], []
         for _, logits in self._upsample(low_res, input_size, crop_size):
             stab = stability_score(logits, threshold, self.stability_score_offset)
-            boxes = torch.zeros((len(logits), 4), dtype=torch.int64, device=logits.device)
             boxed = stab >= min_stability
             if boxed.all():
                 boxes = logits_to_boxes(logits, threshold)
-            elif boxed.any():
-                boxes[boxed] = logits_to_boxes(logits[boxed], threshold)
+            else:
+                boxes = torch.zeros((len(logits), 4), dtype=torch.int64, device=logits.device)
+                if boxed.any():
+                    boxes[boxed] = logits_to_boxes(logits[boxed], threshold)
             stab_parts.append(stab)
             box_parts.append(boxes)
         return torch.cat(stab_parts), torch.cat(box_parts)

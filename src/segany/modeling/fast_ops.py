@@ -157,11 +157,9 @@ def augmented_attention(
     bh, n, d = q.shape
     h, w = rel_h.shape[1], rel_h.shape[2]
     dtype = q.dtype
-    eye_h = torch.eye(h, dtype=dtype, device=q.device).repeat_interleave(w, dim=0)  # key (ky, kx) -> ky
-    eye_w = torch.eye(w, dtype=dtype, device=q.device).repeat(h, 1)  # key (ky, kx) -> kx
     pad = (-(d + h + w)) % 8
     parts_q = [q * scale, rel_h.reshape(bh, n, h).to(dtype), rel_w.reshape(bh, n, w).to(dtype)]
-    parts_k = [k, eye_h.expand(bh, n, h), eye_w.expand(bh, n, w)]
+    parts_k = [k, _key_position_onehots(h, w, dtype, q.device).expand(bh, n, h + w)]
     if pad:
         zeros = q.new_zeros(bh, n, pad)
         parts_q.append(zeros)
@@ -170,6 +168,14 @@ def augmented_attention(
     # Flash kernels want one head size for q, k and v: v is widened with zeros and cut back after.
     v2 = F.pad(v, (0, q2.shape[-1] - d))
     return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., :d]
+
+
+def _key_position_onehots(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(h*w, h+w): for key (ky, kx), one-hot ky in the first h columns and one-hot kx in the last w,
+    so that [rel_h, rel_w] . onehots = rel_h[ky] + rel_w[kx]."""
+    onehot_h = torch.eye(h, dtype=dtype, device=device).repeat_interleave(w, dim=0)
+    onehot_w = torch.eye(w, dtype=dtype, device=device).repeat(h, 1)
+    return torch.cat([onehot_h, onehot_w], dim=1)
 
 
 def explicit_attention(
@@ -189,11 +195,12 @@ def _blockwise_attention(
 ) -> torch.Tensor:
     bh, n, _ = q.shape
     h, w = rel_h.shape[1], rel_h.shape[2]
-    out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
     q_scaled = q * scale
-    k_t = k.transpose(1, 2).contiguous()
     groups = max(1, ATTENTION_CHUNK_ELEMENTS // (n * n))  # many small windows per step
     rows = h if groups > 1 else max(1, ATTENTION_CHUNK_ELEMENTS // (w * n))  # or a few query rows
+    if groups > 1 and q.dtype == torch.bfloat16:
+        return _widened_window_attention(q_scaled, k, v, rel_h, rel_w, groups)
+    out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
     if groups == 1 and _check_onednn_linear():
         # Global attention, one head at a time: the two products through oneDNN (~2.5x MKL's bmm
         # here). k and v are laid out once per head as the (out, in) "weights" of the products.
@@ -206,8 +213,7 @@ def _blockwise_attention(
                 probs = torch.softmax(scores, dim=-1)
                 out[g, r0 * w : r1 * w] = _ONEDNN_LINEAR(probs, v_t, None, "none", [], "")
         return out
-    if groups > 1 and q.dtype == torch.bfloat16:
-        return _widened_window_attention(q_scaled, k, v, rel_h, rel_w, groups)
+    k_t = k.transpose(1, 2).contiguous()
     for g0 in range(0, bh, groups):
         g1 = min(bh, g0 + groups)
         for r0 in range(0, h, rows):
@@ -232,9 +238,8 @@ def _widened_window_attention(
     bh, n, _ = q_scaled.shape
     h, w = rel_h.shape[1], rel_h.shape[2]
     dtype = q_scaled.dtype
-    onehot_h = torch.eye(h, dtype=dtype, device=k.device).repeat_interleave(w, dim=0)  # key (ky, kx) -> ky
-    onehot_w = torch.eye(w, dtype=dtype, device=k.device).repeat(h, 1)  # key (ky, kx) -> kx
-    keys_t = torch.cat([k.transpose(1, 2), torch.cat([onehot_h, onehot_w], 1).t().expand(bh, h + w, n)], 1)
+    onehots_t = _key_position_onehots(h, w, dtype, k.device).t()  # (h+w, n)
+    keys_t = torch.cat([k.transpose(1, 2), onehots_t.expand(bh, h + w, n)], 1)
     queries = torch.cat([q_scaled, rel_h.reshape(bh, n, h), rel_w.reshape(bh, n, w)], -1)
     out = torch.empty(bh, n, v.shape[-1], dtype=dtype, device=q_scaled.device)
     for g0 in range(0, bh, groups):
