@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--limit", type=int, help="evaluate at most this many objects")
     q.add_argument("--every", type=int, default=1, help="take every N-th image (subsample)")
     q.add_argument("--method", choices=("sam", "grabcut"), default="sam", help="the model, or click-seeded GrabCut")
+    q.add_argument("--zoom-in", action="store_true",
+                   help="after the first click, segment a crop around the object at full model resolution (RITM)")
+    q.add_argument("--zoom-min-crop", type=int, default=200, metavar="PX", help="smallest zoom-in crop side")
+    q.add_argument("--zoom-expansion", type=float, default=1.4, help="zoom-in crop = object box x this")
     q.add_argument("--output", required=True, help="results JSON (per-object IoUs inside)")
     q.add_argument("--plot", metavar="PNG", help="also draw the mIoU-vs-clicks curve")
     q.add_argument("--compare", metavar="JSON", action="append", default=[],
@@ -41,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate.interactive import EvalOptions, GrabCutClicker, evaluate, load_coco_objects, load_folder_objects
+    from ..clicks import ZoomIn
+    from ..evaluate.interactive import EvalOptions, GrabCutClicker, SamClicker, evaluate, load_coco_objects
+    from ..evaluate.interactive import load_folder_objects
     from ..evaluate.interactive import plot_curve
     from ..io import atomic_write_bytes
     from ..predictor import SamPredictor
@@ -61,19 +68,36 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"bad --match regex: {e}") from None
     if not objects:
         raise UsageError("no objects to evaluate (check --match/--limit)")
+    zoom_in = None
+    if args.zoom_in:
+        if args.method == "grabcut":
+            raise UsageError("--zoom-in applies to --method sam only")
+        try:
+            zoom_in = ZoomIn(expansion=args.zoom_expansion, min_crop=args.zoom_min_crop)
+        except ValueError as e:
+            raise UsageError(f"bad zoom-in setting: {e}") from None
     if args.method == "grabcut":
         clicker = GrabCutClicker()
         model_name = "grabcut"
     else:
         model = resolve_model(args)
-        clicker = SamPredictor(model)
+        clicker = SamClicker(SamPredictor(model), zoom_in)
         model_name = args.checkpoint or args.model or "default"
+        if zoom_in is not None:
+            model_name += " +zoom-in"
     options = EvalOptions(max_clicks=args.max_clicks, long_side=args.long_side or None)
     partial = output.with_name(output.name + ".partial.jsonl")
     if args.restart:
         partial.unlink(missing_ok=True)
-    result = evaluate(clicker, objects, options, progress=True, partial_path=partial)
+    settings = {"method": args.method, "model": model_name,
+                "zoom_in": dataclasses.asdict(zoom_in) if zoom_in is not None else None}
+    try:
+        result = evaluate(clicker, objects, options, progress=True, partial_path=partial, settings=settings)
+    except DataError as e:
+        raise UsageError(str(e)) from None
     result = {"method": args.method, "model": model_name, **result}
+    if zoom_in is not None:
+        result["zoom_in"] = dataclasses.asdict(zoom_in)
     atomic_write_bytes(output, json.dumps(result, indent=1).encode())
     partial.unlink(missing_ok=True)
     if args.plot:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..clicks import ClickSegmenter, ZoomIn
 from ..io import atomic_write_bytes, read_image
 from ..train.data import IGNORE, DataError, read_coco, read_folder_pairs
 
@@ -151,24 +152,19 @@ def _resize_pair(image: np.ndarray, mask: np.ndarray, long_side: int | None):
 
 
 class SamClicker:
-    """Runs the protocol with a :class:`~segany.SamPredictor`."""
+    """Runs the protocol with a :class:`~segany.SamPredictor`, optionally with zoom-in
+    (:class:`~segany.clicks.ZoomIn`)."""
 
-    def __init__(self, predictor) -> None:
-        self.predictor = predictor
+    def __init__(self, predictor, zoom_in: ZoomIn | None = None) -> None:
+        self.segmenter = ClickSegmenter(predictor, zoom_in)
 
     def set_image(self, image: np.ndarray) -> None:
-        self.predictor.set_image(image)
-        self.logits = None
+        self.segmenter.set_image(image)
 
     def predict(self, points: np.ndarray, labels: np.ndarray, gt: np.ndarray | None = None) -> dict[str, Any]:
-        first = len(points) == 1
-        masks, scores, logits = self.predictor.predict(
-            points, labels, mask_input=None if self.logits is None else self.logits[None], multimask_output=first
-        )
-        top = int(np.argmax(scores))
-        self.logits = logits[top]
-        out: dict[str, Any] = {"mask": masks[top]}
-        if first and gt is not None:
+        masks, scores = self.segmenter.predict(points, labels)
+        out: dict[str, Any] = {"mask": masks[int(np.argmax(scores))]}
+        if len(masks) > 1 and gt is not None:
             out["oracle_iou"] = max(iou(m, gt) for m in masks)
         return out
 
@@ -258,15 +254,22 @@ def summarize(per_object: dict[str, dict[str, Any]], options: EvalOptions) -> di
     return out
 
 
+def _options_settings(options: EvalOptions) -> dict[str, Any]:
+    return {"long_side": options.long_side, "thresholds": list(options.thresholds)}
+
+
 def evaluate(
     clicker_or_predictor,
     objects: Sequence[EvalObject],
     options: EvalOptions = EvalOptions(),
     progress: bool = True,
     partial_path: str | os.PathLike | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the protocol on every object; with ``partial_path`` finished objects are appended there
-    as JSON lines, and a rerun skips them (resume after an interruption)."""
+    as JSON lines, and a rerun skips them (resume after an interruption). ``settings`` (the method,
+    model, zoom-in, ...) head a new progress file; a rerun with other settings is refused rather
+    than mixing the results of two methods."""
     from tqdm import tqdm
 
     from ..predictor import SamPredictor
@@ -281,13 +284,26 @@ def evaluate(
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
+            if "settings" in row:
+                wanted_settings = json.loads(json.dumps({**(settings or {}), **_options_settings(options)}))
+                if row["settings"] != wanted_settings:
+                    raise DataError(
+                        f"{partial_path} holds the progress of a run with other settings ({row['settings']}); "
+                        "rerun with the same settings to resume, or start afresh (--restart)"
+                    )
+                continue
             if len(row.get("ious", [])) == options.max_clicks:
                 done[row["key"]] = row
     wanted = {o.key for o in objects}
     done = {k: v for k, v in done.items() if k in wanted}
     todo = [o for o in objects if o.key not in done]
     cache: dict[Path, np.ndarray] = {}
-    handle = open(partial_path, "a") if partial_path is not None else None
+    handle = None
+    if partial_path is not None:
+        fresh = not Path(partial_path).exists() or Path(partial_path).stat().st_size == 0
+        handle = open(partial_path, "a")
+        if fresh:
+            handle.write(json.dumps({"settings": {**(settings or {}), **_options_settings(options)}}) + "\n")
     try:
         bar = tqdm(todo, disable=not progress, desc="objects", dynamic_ncols=True)
         for obj in bar:
