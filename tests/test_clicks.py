@@ -152,3 +152,19 @@ def test_cli_zoom_in_settings_and_bad_input(tmp_path, data_dir, ref_checkpoint):
     partial.write_text(json.dumps({"settings": {"method": "sam", "zoom_in": {"min_crop": 50}}}) + "\n")
     assert main(base) == 2
     assert main(base + ["--restart"]) == 0 and "zoom_in" not in json.loads(out.read_text())
+
+
+def test_cli_segment_zoom_in(tmp_path, coco_photo, capsys):
+    """`segany segment --zoom-in`: the whole-image answer, then a second one on a crop around it."""
+    out = tmp_path / "m.png"
+    for prompt in (["--point", "320,200"], ["--box", "250,130,400,260", "--multimask"]):
+        assert main(["segment", str(coco_photo), *prompt, "--zoom-in", "-o", str(out), "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        x0, y0, x1, y1 = r["zoom_crop"]
+        h, w = r["size"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and (x1 - x0) * (y1 - y0) < h * w
+        mask = np.asarray(Image.open(out)) > 0
+        assert mask.sum() == r["area"] > 0 and len(r["scores"]) == 1
+        outside = np.ones_like(mask)
+        outside[y0:y1, x0:x1] = False
+        assert not mask[outside].any()

@@ -27,6 +27,9 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
 # Logit given to pixels outside a zoomed crop (and to the padding of a re-projected mask prompt):
 # clearly background, of the order of what the model itself predicts far from an object.
 BACKGROUND_LOGIT = -20.0
+# Embeddings kept per image (the whole image and the latest crops): an object's crop changes a few
+# times at most, and going back to an earlier one should not run the encoder again.
+MAX_CACHED_VIEWS = 8
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class ClickSegmenter:
 
     The first prediction of an object is ambiguous and returns 3 candidates (the top-score one is
     kept); later ones return one mask. Clicks are (x, y) pixels of the image given to ``set_image``.
+    The session sets the predictor's image (the whole image or a crop): give it a predictor of its own.
     """
 
     def __init__(self, predictor: SamPredictor, zoom_in: ZoomIn | None = None) -> None:
@@ -127,27 +131,35 @@ class ClickSegmenter:
         if view not in self._embeddings:
             x0, y0, x1, y1 = view
             self.predictor.set_image(np.ascontiguousarray(self.image[y0:y1, x0:x1]))
+            if len(self._embeddings) >= MAX_CACHED_VIEWS:  # drop the oldest crop, keep the whole image
+                del self._embeddings[next(k for k in self._embeddings if k != self._full_box())]
             self._embeddings[view] = self.predictor.get_embedding()
         else:
             self.predictor.set_embedding(self._embeddings[view])
         self._view = view
 
-    def _choose_view(self, points: np.ndarray, labels: np.ndarray) -> Box:
-        zoom = self.zoom_in
-        if zoom is None or self._logits is None or len(points) <= zoom.skip_clicks:
+    def _choose_view(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, zoom: bool | None) -> Box:
+        config = self.zoom_in or ZoomIn()
+        if zoom is None:
+            zoom = self.zoom_in is not None and len(points) > config.skip_clicks
+        if not zoom or self._logits is None:
             return self._full_box()
         mask = self._logits > 0
         if not mask.any():
             return self._full_box()
-        positives = points[labels == 1]
-        box = object_crop(mask, positives, zoom)
+        # The crop holds the positive clicks and the box's corners as well as the mask.
+        extent = points[labels == 1]
+        if box is not None:
+            corners = np.array([box[:2], np.maximum(box[:2], box[2:] - 1)])  # the box's first and last pixels
+            extent = np.vstack([extent, corners])
+        crop = object_crop(mask, extent, config)
         keep = (
             self._crop is not None
-            and _inside(positives, self._crop).all()
-            and box_iou(box, self._crop) >= zoom.recompute_iou
+            and _inside(extent, self._crop).all()
+            and box_iou(crop, self._crop) >= config.recompute_iou
         )
         if not keep:
-            self._crop = box
+            self._crop = crop
         return self._crop
 
     def _mask_prompt(self, view: Box) -> np.ndarray | None:
@@ -167,24 +179,45 @@ class ClickSegmenter:
                             align_corners=False, antialias=True)
         return low[0].numpy()
 
-    def predict(self, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All clicks so far, (N, 2) (x, y) and (N,) labels (1 object, 0 background) ->
-        masks (C, H, W) bool and their predicted IoUs (C,), C = 3 for the first prediction, else 1.
-        The top-score mask becomes the current answer."""
+    def predict(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None = None,
+        multimask: bool | None = None,
+        zoom: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All clicks so far, (N, 2) (x, y) and (N,) labels (1 object, 0 background), and/or a box
+        (4,) XYXY -> masks (C, H, W) bool and their predicted IoUs (C,). The top-score mask becomes
+        the current answer.
+
+        multimask: 3 candidates (C = 3) or one; by default 3 for an object's first prediction only.
+        zoom: answer on the zoom-in crop of the current answer (True), on the whole image (False),
+        or as the ``zoom_in`` settings say (None: after ``skip_clicks`` clicks; never without them).
+        """
         if self.image is None:
             raise RuntimeError("set_image(...) must come before predict(...)")
-        points = np.asarray(points, dtype=float).reshape(-1, 2)
-        labels = np.asarray(labels).reshape(-1)
-        if len(points) == 0 or len(labels) != len(points):
-            raise ValueError("predict needs at least one click and one label per click")
+        points = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
+        labels = np.zeros(0, int) if labels is None else np.asarray(labels).reshape(-1)
+        box = None if box is None else np.asarray(box, dtype=float).reshape(4)
+        if len(labels) != len(points) or (len(points) == 0 and box is None):
+            raise ValueError("predict needs clicks with one label each, or a box")
         first = self._logits is None
-        view = self._choose_view(points, labels)
+        view = self._choose_view(points, labels, box, zoom)
         mask_input = self._mask_prompt(view)
         self._show(view)
         x0, y0, x1, y1 = view
         keep = _inside(points, view)  # clicks outside a crop (negatives only) say nothing inside it
+        shifted_box = None
+        if box is not None:
+            shifted_box = np.clip(box - (x0, y0, x0, y0), 0, (x1 - x0, y1 - y0, x1 - x0, y1 - y0))
         logits, scores, low_res = self.predictor.predict(
-            points[keep] - (x0, y0), labels[keep], mask_input=mask_input, multimask_output=first, return_logits=True
+            points[keep] - (x0, y0) if keep.any() else None,
+            labels[keep] if keep.any() else None,
+            shifted_box,
+            mask_input=mask_input,
+            multimask_output=first if multimask is None else multimask,
+            return_logits=True,
         )
         top = int(np.argmax(scores))
         self._low_res, self._low_res_view = low_res[top], view
@@ -196,3 +229,8 @@ class ClickSegmenter:
             full[:, y0:y1, x0:x1] = logits
         self._logits = full[top].astype(np.float32, copy=False)
         return full > self.predictor.model.mask_threshold, scores
+
+    @property
+    def view(self) -> Box:
+        """The crop (x0, y0, x1, y1) the last answer came from; the whole image without zoom."""
+        return self._low_res_view if self._low_res_view is not None else self._full_box()

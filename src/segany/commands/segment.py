@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import UsageError
+from ..clicks import ClickSegmenter, ZoomIn
 from ..io import read_image, save_mask_png, save_png
 from ..predictor import SamPredictor
 from ..visualize import draw_prompts, overlay_masks
@@ -29,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box prompt in pixels")
     p.add_argument("--multimask", action="store_true", help="predict 3 candidate masks and keep the best")
+    p.add_argument("--zoom-in", action="store_true",
+                   help="then segment again on a crop around the mask at the model's full input (small objects)")
     p.add_argument("-o", "--output", required=True, help="output mask PNG (0/255)")
     p.add_argument("--all-masks", action="store_true", help="with --multimask, also write every candidate")
     p.add_argument("--overlay", metavar="PNG", help="also write the mask drawn over the image")
@@ -72,8 +75,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--output must be a .png file, got {output}")
     model = resolve_model(args)
     predictor = SamPredictor(model)
-    predictor.set_image(image)
-    masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=args.multimask)
+    crop = None
+    if args.zoom_in:
+        # Answer on the whole image, then again on the zoom-in crop around that answer, fed back.
+        session = ClickSegmenter(predictor, ZoomIn())
+        session.set_image(image)
+        session.predict(coords, labels, box, multimask=args.multimask)
+        masks, scores = session.predict(coords, labels, box, multimask=False, zoom=True)
+        crop = session.view
+    else:
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=args.multimask)
     best = int(np.argmax(scores))
     save_mask_png(output, masks[best])
     written = [str(output)]
@@ -92,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         "scores": [round(float(s), 4) for s in scores],
         "best": best,
         "area": int(masks[best].sum()),
+        **({"zoom_crop": list(crop)} if crop is not None else {}),
         "outputs": written,
     }
     if args.json:
@@ -100,5 +113,7 @@ def run(args: argparse.Namespace) -> int:
         for i, s in enumerate(scores):
             mark = "  <- best" if i == best else ""
             print(f"mask {i}: score {s:.4f}  area {int(masks[i].sum())} px{mark}")
+        if crop is not None:
+            print(f"zoomed in on x {crop[0]}-{crop[2]}, y {crop[1]}-{crop[3]}")
         print("wrote " + ", ".join(written))
     return 0
