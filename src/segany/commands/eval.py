@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--zoom-in", action="store_true",
                    help="after the first click, segment a crop around the object at full model resolution (RITM)")
     q.add_argument("--zoom-min-crop", type=int, default=200, metavar="PX", help="smallest zoom-in crop side")
-    q.add_argument("--zoom-expansion", type=float, default=1.4, help="zoom-in crop = object box x this")
+    q.add_argument("--zoom-expansion", type=float, default=1.4, metavar="X", help="zoom-in crop = object box x this")
     q.add_argument("--output", required=True, help="results JSON (per-object IoUs inside)")
     q.add_argument("--plot", metavar="PNG", help="also draw the mIoU-vs-clicks curve")
     q.add_argument("--compare", metavar="JSON", action="append", default=[],
