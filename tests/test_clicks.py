@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import segany
 from segany.cli import main
-from segany.clicks import BACKGROUND_LOGIT, ClickSegmenter, ZoomIn, box_iou, object_crop
+from segany.clicks import BACKGROUND_LOGIT, ClickSegmenter, ZoomIn, object_crop
 from segany.evaluate.interactive import EvalOptions, SamClicker, evaluate, load_folder_objects
+from segany.masks import box_iou
 
 VAL = "(0[7-9]|1[0-9])_[0-9]{12}$"
 
@@ -40,7 +42,7 @@ def test_object_crop_grows_the_box_and_stays_inside():
     corner[0:10, 0:10] = True
     assert object_crop(corner, np.zeros((0, 2)), ZoomIn(min_crop=100)) == (0, 0, 100, 100)
     assert object_crop(corner, np.zeros((0, 2)), ZoomIn(min_crop=1000)) == (0, 0, 400, 300)
-    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert float(box_iou(torch.tensor([[0, 0, 10, 10]]), torch.tensor([[5, 0, 15, 10]]))[0, 0]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         ZoomIn(skip_clicks=0)
 
@@ -110,7 +112,7 @@ def test_zoom_in_answers_on_a_crop_and_keeps_it(default_predictor, photo, monkey
     before = len(encoded)
     far = np.array([[5.0, 5.0]]) if x0 > 10 and y0 > 10 else np.array([[photo.shape[1] - 5.0, photo.shape[0] - 5.0]])
     seg.predict(np.vstack([points, far]), np.array([1, 1, 0]))
-    if box_iou(object_crop(seg.logits > 0, points, zoom), crop) >= zoom.recompute_iou:
+    if float(box_iou(torch.tensor([object_crop(seg.logits > 0, points, zoom)]), torch.tensor([crop]))[0, 0]) >= zoom.recompute_iou:
         assert len(encoded) == before
     # A positive click outside the crop makes a new crop that holds it.
     seg.reset()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .masks import box_iou
 from .predictor import ImageEmbedding, SamPredictor
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
@@ -66,14 +67,6 @@ def object_crop(mask: np.ndarray, positives: np.ndarray, zoom: ZoomIn) -> Box:
         box.append((start, start + side))
     (x0, x1), (y0, y1) = box
     return x0, y0, x1, y1
-
-
-def box_iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 def _inside(points: np.ndarray, box: Box) -> np.ndarray:
@@ -156,7 +149,7 @@ class ClickSegmenter:
         keep = (
             self._crop is not None
             and _inside(extent, self._crop).all()
-            and box_iou(crop, self._crop) >= config.recompute_iou
+            and float(box_iou(torch.tensor([crop]), torch.tensor([self._crop]))[0, 0]) >= config.recompute_iou
         )
         if not keep:
             self._crop = crop

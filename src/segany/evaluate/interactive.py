@@ -277,6 +277,8 @@ def evaluate(
     clicker = clicker_or_predictor
     if isinstance(clicker, SamPredictor):
         clicker = SamClicker(clicker)
+    # As JSON reads them back (tuples become lists), to compare with a progress file's header.
+    header = json.loads(json.dumps({**(settings or {}), **_options_settings(options)}))
     done: dict[str, dict[str, Any]] = {}
     if partial_path is not None and Path(partial_path).exists():
         for line in Path(partial_path).read_text().splitlines():
@@ -285,8 +287,7 @@ def evaluate(
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
             if "settings" in row:
-                wanted_settings = json.loads(json.dumps({**(settings or {}), **_options_settings(options)}))
-                if row["settings"] != wanted_settings:
+                if row["settings"] != header:
                     raise DataError(
                         f"{partial_path} holds the progress of a run with other settings ({row['settings']}); "
                         "rerun with the same settings to resume, or start afresh (--restart)"
@@ -303,7 +304,7 @@ def evaluate(
         fresh = not Path(partial_path).exists() or Path(partial_path).stat().st_size == 0
         handle = open(partial_path, "a")
         if fresh:
-            handle.write(json.dumps({"settings": {**(settings or {}), **_options_settings(options)}}) + "\n")
+            handle.write(json.dumps({"settings": header}) + "\n")
     try:
         bar = tqdm(todo, disable=not progress, desc="objects", dynamic_ncols=True)
         for obj in bar:
