@@ -146,3 +146,38 @@ def test_default_model_decodes_in_the_browser(default_server_url, coco_photo, tm
     best = masks[int(np.argmax(scores))]
     assert best.any()
     assert iou(page_mask, best) > 0.98
+
+
+def test_zoom_in_tool_answers_clicks_on_a_crop(default_server_url, coco_photo, tmp_path):
+    """With the Zoom tool on, an object's later clicks are answered on the server by the zoom-in
+    session that `segany eval interactive --zoom-in` measures: the page shows exactly its mask."""
+    from segany import load_default_model
+    from segany.clicks import ClickSegmenter, ZoomIn
+
+    clicks = "0.5,0.4717,1;0.4688,0.6179,0;0.55,0.4292,1"  # (320, 200) +, (300, 262) -, (352, 182) + on 640x424
+    proc = subprocess.run(
+        ["node", str(REPO / "tests/browser/zoom.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path), clicks],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result.get("error")
+    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+    state = result["state"]
+    assert result["pressed"] == "true" and state["labels"] == [1, 0, 1]
+    # The first click is decoded in the browser; the next two go to the server with zoom_in.
+    zoomed = [r for r in result["requests"] if r.get("zoom_in")]
+    assert [len(r["points"]) for r in zoomed] == [2, 3] and zoomed[-1]["points"] == state["points"]
+    h, w = state["size"]
+    page_mask = np.array(json.loads((tmp_path / "mask_zoom.json").read_text()), dtype=bool).reshape(h, w)
+    seg = ClickSegmenter(SamPredictor(load_default_model()), ZoomIn())
+    seg.set_image(read_image(coco_photo))
+    for n in range(1, 4):
+        masks, _ = seg.predict(np.array(state["points"][:n], float), np.array(state["labels"][:n]))
+    assert state["zoomCrop"] == list(seg.view) and seg.view != (0, 0, w, h)
+    assert np.array_equal(page_mask, masks[0])
+    x0, y0, x1, y1 = seg.view
+    outside = np.ones_like(page_mask)
+    outside[y0:y1, x0:x1] = False
+    assert page_mask.any() and not page_mask[outside].any()  # nothing outside the crop
+    assert result["off"] == {"pressed": "false", "zoomCrop": None}

@@ -297,3 +297,49 @@ def test_everything_errors(client, uploaded):
     assert_json_error(client.post("/api/images/9999/everything"), 404)
     r = client.post(f"/api/images/{uploaded['image_id']}/everything", json={"points_per_side": 0})
     assert_json_error(r, 422)
+
+
+def test_segment_zoom_in_replays_the_click_session(coco_photo, monkeypatch):
+    """zoom_in answers a click list as segany.clicks.ClickSegmenter does (the method measured by
+    `segany eval interactive --zoom-in`), encoding each crop once across requests."""
+    from segany import load_default_model
+    from segany.clicks import ClickSegmenter, ZoomIn
+
+    model = load_default_model()
+    points = [[320, 200], [300, 262], [352, 182]]
+    labels = [1, 0, 1]
+    seg = ClickSegmenter(SamPredictor(model), ZoomIn())
+    seg.set_image(read_image(coco_photo))
+    for n in range(1, len(points) + 1):
+        want, want_scores = seg.predict(np.array(points[:n], float), np.array(labels[:n]))
+    assert seg.view != (0, 0, 640, 424)  # the last answer came from a crop
+
+    app = create_app(model, ServeConfig())
+    with TestClient(app) as client:
+        with open(coco_photo, "rb") as f:
+            iid = client.post("/api/images", files={"file": (coco_photo.name, f, "image/jpeg")}).json()["image_id"]
+        encoded = []
+        original = SamPredictor.set_image
+        monkeypatch.setattr(
+            SamPredictor, "set_image", lambda self, image, *a, **k: (encoded.append(image.shape), original(self, image, *a, **k))[1]
+        )
+        body = client.post(f"/api/images/{iid}/segment", json={"points": points, "labels": labels, "zoom_in": True}).json()
+        again = client.post(f"/api/images/{iid}/segment", json={"points": points, "labels": labels, "zoom_in": True}).json()
+        assert body["zoom_crop"] == list(seg.view) and body["multimask"] is False and len(body["masks"]) == 1
+        assert np.array_equal(decode_rle(body["masks"][0]["rle"]), want[0])
+        assert body["masks"][0]["score"] == pytest.approx(float(want_scores[0]), abs=1e-6)
+        # The whole image once, then each crop once; the repeated request encodes nothing.
+        x0, y0, x1, y1 = seg.view
+        assert encoded[0] == (424, 640, 3) and (y1 - y0, x1 - x0, 3) in encoded
+        assert len(encoded) == len(set(encoded)) and again == body
+        # One click is the ordinary ambiguous answer: 3 candidates, the same as without zoom_in.
+        one = client.post(f"/api/images/{iid}/segment", json={"points": points[:1], "labels": [1], "zoom_in": True}).json()
+        plain = client.post(f"/api/images/{iid}/segment", json={"points": points[:1], "labels": [1]}).json()
+        assert one["zoom_crop"] == [0, 0, 640, 424] and [m["rle"] for m in one["masks"]] == [m["rle"] for m in plain["masks"]]
+        # A zoomed session takes no mask prompt and returns no crop-frame logits.
+        r = client.post(f"/api/images/{iid}/segment", json={"points": points, "labels": labels, "zoom_in": True, "return_logits": True})
+        assert_json_error(r, 422, "zoom_in")
+        # Deleting the image drops its crops' embeddings too.
+        assert client.get("/api/info").json()["cache"]["embeddings"] == len(encoded) >= 2
+        assert client.delete(f"/api/images/{iid}").status_code == 204
+        assert client.get("/api/info").json()["cache"]["embeddings"] == 0

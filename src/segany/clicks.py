@@ -14,6 +14,7 @@ encoder runs again only when the object's extent changes. Outside the crop the a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +86,21 @@ class ClickSegmenter:
     The first prediction of an object is ambiguous and returns 3 candidates (the top-score one is
     kept); later ones return one mask. Clicks are (x, y) pixels of the image given to ``set_image``.
     The session sets the predictor's image (the whole image or a crop): give it a predictor of its own.
+
+    embed: where the embeddings of the whole image and its crops come from, ``embed(view)`` for a
+    view box (x0, y0, x1, y1); e.g. a server's cache shared by many sessions. By default the session
+    runs the encoder itself and keeps up to ``MAX_CACHED_VIEWS`` embeddings per image.
     """
 
-    def __init__(self, predictor: SamPredictor, zoom_in: ZoomIn | None = None) -> None:
+    def __init__(
+        self,
+        predictor: SamPredictor,
+        zoom_in: ZoomIn | None = None,
+        embed: Callable[[Box], ImageEmbedding] | None = None,
+    ) -> None:
         self.predictor = predictor
         self.zoom_in = zoom_in
+        self.embed = embed
         self.image: np.ndarray | None = None
         self._embeddings: dict[Box, ImageEmbedding] = {}
 
@@ -121,7 +132,9 @@ class ClickSegmenter:
         """Point the predictor at the crop ``view`` of the image, embedding it once per image."""
         if view == self._view:
             return
-        if view not in self._embeddings:
+        if self.embed is not None:
+            self.predictor.set_embedding(self.embed(view))
+        elif view not in self._embeddings:
             x0, y0, x1, y1 = view
             self.predictor.set_image(np.ascontiguousarray(self.image[y0:y1, x0:x1]))
             if len(self._embeddings) >= MAX_CACHED_VIEWS:  # drop the oldest crop, keep the whole image

@@ -1,8 +1,9 @@
 """The segany annotation server: a REST API (FastAPI) and the browser tool, in one process.
 
-The image encoder runs here, once per image; embeddings are cached in an LRU bounded by memory.
-The browser fetches the embedding and the ONNX decoder and decodes clicks itself (onnxruntime-web);
-``POST /api/images/{id}/segment`` does the same on the server for clients without WASM.
+The image encoder runs here, once per image (and once per zoom-in crop); embeddings are cached in an
+LRU bounded by memory. The browser fetches the embedding and the ONNX decoder and decodes clicks itself
+(onnxruntime-web); ``POST /api/images/{id}/segment`` does the same on the server for clients without
+WASM, and answers zoom-in sessions.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..clicks import ClickSegmenter, ZoomIn
 from ..io import ImageReadError, read_image
 from ..masks import decode_rle, encode_rle
 from ..modeling import Sam
@@ -110,6 +112,12 @@ class LRUCache:
             if key in self._items:
                 self.used -= self._items.pop(key)[1]
 
+    def pop_matching(self, predicate: Any) -> None:
+        """Drop every key for which ``predicate(key)`` is true."""
+        with self._lock:
+            for key in [k for k in self._items if predicate(k)]:
+                self.used -= self._items.pop(key)[1]
+
     def __contains__(self, key: Any) -> bool:
         with self._lock:
             return key in self._items
@@ -179,6 +187,12 @@ class SegmentRequest(BaseModel):
     multimask: bool | None = Field(None, description="3 candidates; default: true for a single point without box")
     format: Literal["rle", "png"] = "rle"
     return_logits: bool = Field(False, description="also return the low-res logits (base64 float32) of each mask")
+    zoom_in: bool = Field(
+        False,
+        description="answer the points as one object's clicks, in order, with zoom-in (RITM's settings): "
+        "each answer is fed back, and every click after the first is answered on a crop around the current "
+        "mask, encoded on the server (cached per crop). The response gives the crop as zoom_crop.",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -268,31 +282,43 @@ class SegmentService:
             raise ApiError(404, f"no image {image_id} (unknown, deleted, or evicted from the store)")
         return record
 
+    def _forget_embeddings(self, image_id: int) -> None:
+        """The image's embedding and those of its zoom-in crops (keys (image_id, box))."""
+        self.embeddings.pop_matching(lambda key: key == image_id or (isinstance(key, tuple) and key[0] == image_id))
+
     def _forget_image(self, record: ImageRecord) -> None:
-        self.embeddings.pop(record.info.id)
+        self._forget_embeddings(record.info.id)
         record.path.unlink(missing_ok=True)
 
     def delete_image(self, image_id: int) -> None:
         record = self.image(image_id)
         self.images.pop(image_id)
-        self.embeddings.pop(image_id)
+        self._forget_embeddings(image_id)
         record.path.unlink(missing_ok=True)
 
     # embeddings
 
-    def embedding(self, image_id: int) -> ImageEmbedding:
+    def embedding(self, image_id: int, crop: tuple[int, int, int, int] | None = None) -> ImageEmbedding:
+        """The embedding of the image, or of its crop (x0, y0, x1, y1) for zoom-in; cached."""
         record = self.image(image_id)
-        cached = self.embeddings.get(image_id)
+        if crop is not None and tuple(crop) == (0, 0, record.info.width, record.info.height):
+            crop = None
+        key: Any = image_id if crop is None else (image_id, tuple(crop))
+        cached = self.embeddings.get(key)
         if cached is not None:
             return cached
         with self._encoder_lock:
-            cached = self.embeddings.get(image_id)
+            cached = self.embeddings.get(key)
             if cached is not None:
                 return cached
+            image = record.image()
+            if crop is not None:
+                x0, y0, x1, y1 = crop
+                image = np.ascontiguousarray(image[y0:y1, x0:x1])
             predictor = SamPredictor(self.model)
-            predictor.set_image(record.image())
+            predictor.set_image(image)
             embedding = predictor.get_embedding()
-            self.embeddings.put(image_id, embedding, embedding.features.numel() * embedding.features.element_size())
+            self.embeddings.put(key, embedding, embedding.features.numel() * embedding.features.element_size())
             return embedding
 
     # segmentation on the server
@@ -315,17 +341,24 @@ class SegmentService:
                 raise ApiError(422, "box must have x1 > x0 and y1 > y0")
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
                 raise ApiError(422, f"box {list(req.box)} is outside the {w}x{h} image")
-        predictor = SamPredictor(self.model)
-        predictor.set_embedding(self.embedding(image_id))
-        mask_input = self._mask_prompt(req.mask_input, predictor, (h, w)) if req.mask_input else None
-        multimask = req.multimask if req.multimask is not None else (len(req.points) == 1 and req.box is None)
-        masks, scores, logits = predictor.predict(
-            np.array(req.points, dtype=float) if req.points else None,
-            np.array(req.labels) if req.points else None,
-            np.array(req.box, dtype=float) if req.box is not None else None,
-            mask_input,
-            multimask_output=multimask,
-        )
+        zoom_crop = None
+        if req.zoom_in:
+            if req.mask_input is not None or req.return_logits:
+                raise ApiError(422, "zoom_in answers the clicks itself: it takes no mask_input and returns no low-res logits")
+            masks, scores, multimask, zoom_crop = self._segment_zoomed(image_id, record, req)
+            logits = None
+        else:
+            predictor = SamPredictor(self.model)
+            predictor.set_embedding(self.embedding(image_id))
+            mask_input = self._mask_prompt(req.mask_input, predictor, (h, w)) if req.mask_input else None
+            multimask = req.multimask if req.multimask is not None else (len(req.points) == 1 and req.box is None)
+            masks, scores, logits = predictor.predict(
+                np.array(req.points, dtype=float) if req.points else None,
+                np.array(req.labels) if req.points else None,
+                np.array(req.box, dtype=float) if req.box is not None else None,
+                mask_input,
+                multimask_output=multimask,
+            )
         order = np.argsort(-scores)
         out = []
         for i in order:
@@ -340,10 +373,30 @@ class SegmentService:
             from pycocotools import mask as mask_utils
 
             item["bbox"] = [float(v) for v in mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()})]
-            if req.return_logits:
+            if logits is not None and req.return_logits:
                 item["low_res_logits"] = base64.b64encode(logits[i].astype("<f4").tobytes()).decode("ascii")
             out.append(item)
-        return {"image_id": image_id, "size": [h, w], "multimask": multimask, "masks": out}
+        response = {"image_id": image_id, "size": [h, w], "multimask": multimask, "masks": out}
+        if req.zoom_in:
+            response["zoom_crop"] = list(zoom_crop)
+        return response
+
+    def _segment_zoomed(
+        self, image_id: int, record: ImageRecord, req: SegmentRequest
+    ) -> tuple[np.ndarray, np.ndarray, bool, tuple[int, int, int, int]]:
+        """Replay the clicks as a zoom-in session (:class:`segany.clicks.ClickSegmenter`): the same
+        answers as ``segany eval interactive --zoom-in``. Stateless: the crops follow from the clicks,
+        and their embeddings come from the cache, so a replay encodes only a crop it has not seen."""
+        segmenter = ClickSegmenter(SamPredictor(self.model), ZoomIn(), embed=lambda view: self.embedding(image_id, view))
+        segmenter.set_image(record.image())
+        points = np.array(req.points, dtype=float).reshape(-1, 2)
+        labels = np.array(req.labels, dtype=int)
+        box = np.array(req.box, dtype=float) if req.box is not None else None
+        last = max(len(points), 1)
+        for n in range(1, last + 1):
+            multimask = req.multimask if n == last and req.multimask is not None else None
+            masks, scores = segmenter.predict(points[:n], labels[:n], box, multimask=multimask)
+        return masks, scores, len(masks) > 1, segmenter.view
 
     @staticmethod
     def _mask_prompt(prompt: MaskPrompt, predictor: SamPredictor, size: tuple[int, int]) -> np.ndarray:

@@ -1,5 +1,5 @@
 // segany annotation tool: open an image, click/box to segment, pick a candidate, save labelled objects.
-import { createDecoder } from "./decoder.js";
+import { createDecoder, decodeOnServer } from "./decoder.js";
 import { decodeRle, encodeRle } from "./rle.js";
 
 const $ = (id) => document.getElementById(id);
@@ -32,6 +32,10 @@ const state = {
   decodeSeq: { click: 0, hover: 0 },
   lastMs: null,
   syncing: Promise.resolve(),
+  // Zoom-in (RITM): after an object's first click, its clicks are answered on the server, on a crop
+  // around the current mask. ?zoom=1 starts with it on.
+  zoomIn: new URLSearchParams(location.search).get("zoom") === "1",
+  zoomCrop: null, // [x0, y0, x1, y1] of the last zoomed answer
 };
 
 const canvas = $("canvas");
@@ -177,6 +181,14 @@ function draw() {
 
 function drawPrompts() {
   const s = 1 / (state.viewScale || 1); // constant size on screen
+  if (state.zoomCrop && state.points.length) {
+    const [x0, y0, x1, y1] = state.zoomCrop;
+    ctx.lineWidth = 1.5 * s;
+    ctx.strokeStyle = "rgba(255, 214, 10, 0.9)";
+    ctx.setLineDash([3 * s, 4 * s]);
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.setLineDash([]);
+  }
   if (state.box || state.dragBox) {
     // Two tones so that the box shows on light and dark images alike.
     const [x0, y0, x1, y1] = state.dragBox || state.box;
@@ -342,7 +354,7 @@ function redo() {
 async function runDecode(prompt, kind = "click") {
   const seq = ++state.decodeSeq[kind];
   const t0 = performance.now();
-  const result = await state.decoder.decode(prompt);
+  const result = prompt.zoomIn ? await decodeOnServer(state.imageId, prompt) : await state.decoder.decode(prompt);
   void result.masks[0]?.mask; // the upsampled mask is part of the cost of a click
   state.lastMs = performance.now() - t0;
   $("latency").textContent = `decode ${state.lastMs.toFixed(1)} ms`;
@@ -353,14 +365,18 @@ async function decodePrompt(chosen = 0) {
   state.hover = null;
   if (!state.points.length && !state.box) {
     state.candidates = [];
+    state.zoomCrop = null;
     state.chosen = 0;
     renderCandidates();
     draw();
     return;
   }
   try {
-    const result = await runDecode({ points: state.points, labels: state.labels, box: state.box });
+    // Zoom-in starts at an object's second click (the first is answered on the whole image).
+    const zoomIn = state.zoomIn && state.points.length > 1;
+    const result = await runDecode({ points: state.points, labels: state.labels, box: state.box, zoomIn });
     if (!result) return;
+    state.zoomCrop = zoomIn ? result.zoomCrop : null;
     state.candidates = result.masks;
     state.chosen = Math.min(chosen, result.masks.length - 1);
     draw();
@@ -401,6 +417,19 @@ function choose(i) {
   state.chosen = i;
   renderCandidates();
   draw();
+}
+
+function renderZoomIn() {
+  $("tool-zoomin").setAttribute("aria-pressed", String(state.zoomIn));
+  $("tool-zoomin").classList.toggle("active", state.zoomIn);
+}
+
+function toggleZoomIn() {
+  state.zoomIn = !state.zoomIn;
+  renderZoomIn();
+  setStatus(state.zoomIn ? "Zoom-in on: clicks after an object's first are answered on a crop around it (Z to turn off)." : "Zoom-in off.");
+  if (state.points.length > 1) decodePrompt(state.chosen);
+  else draw();
 }
 
 // -- objects ---------------------------------------------------------------------------------
@@ -793,6 +822,8 @@ document.addEventListener("keydown", (e) => {
     deleteObject(state.selected);
   } else if (e.key === "o" || e.key === "O") {
     $("file-input").click();
+  } else if (e.key === "z" || e.key === "Z") {
+    toggleZoomIn();
   } else if (e.key === "v" || e.key === "V") {
     state.hideObjects = !state.hideObjects;
     setStatus(state.hideObjects ? "Saved objects hidden (V to show)." : "Saved objects shown.");
@@ -828,6 +859,7 @@ $("tool-undo").onclick = undo;
 $("tool-redo").onclick = redo;
 $("tool-clear").onclick = clearPrompts;
 $("tool-cutout").onclick = cutout;
+$("tool-zoomin").onclick = toggleZoomIn;
 $("tool-everything").onclick = () => (state.proposals ? closeEverything() : everything());
 $("auto-add-all").onclick = () => keepProposals([...state.proposals]);
 $("auto-close").onclick = closeEverything;
@@ -873,6 +905,7 @@ async function start() {
   pill.className = `pill ${state.decoder.name === "server" ? "warn" : "ok"}`;
   pill.title = state.decoder.reason ? `Decoding on the server: ${state.decoder.reason}` : "Clicks are decoded in this browser";
   document.body.dataset.decoder = state.decoder.name === "server" ? "server" : "wasm";
+  renderZoomIn();
   setStatus(`Model ${state.info.model} on ${state.info.device}. Open an image to start.`);
 }
 

@@ -197,17 +197,26 @@ export class ServerDecoder {
   }
 
   async decode(prompt) {
-    const t0 = performance.now();
-    const response = await fetch(`/api/images/${this.imageId}/segment`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ points: prompt.points, labels: prompt.labels, box: prompt.box, format: "rle" }),
-    });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error || `segment failed (${response.status})`);
-    const masks = body.masks.map((m, index) => ({ mask: decodeRle(m.rle), score: m.score, index }));
-    return { masks, ms: performance.now() - t0 };
+    return decodeOnServer(this.imageId, prompt);
   }
+}
+
+/** Decode on the server (POST /segment). With prompt.zoomIn the points are one object's clicks in
+ * order, answered with zoom-in (a crop around the object, encoded on the server); the result then
+ * carries the crop as zoomCrop [x0, y0, x1, y1]. */
+export async function decodeOnServer(imageId, prompt) {
+  const t0 = performance.now();
+  const body = { points: prompt.points, labels: prompt.labels, box: prompt.box, format: "rle" };
+  if (prompt.zoomIn) body.zoom_in = true;
+  const response = await fetch(`/api/images/${imageId}/segment`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error || `segment failed (${response.status})`);
+  const masks = answer.masks.map((m, index) => ({ mask: decodeRle(m.rle), score: m.score, index }));
+  return { masks, ms: performance.now() - t0, zoomCrop: answer.zoom_crop || null };
 }
 
 /** The WASM decoder when it loads, else the server (with the reason). `?decoder=server` forces it. */
