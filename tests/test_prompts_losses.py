@@ -77,6 +77,34 @@ def test_error_points_sign_and_placement():
     assert (lab == -1).all()  # nothing to correct
 
 
+def test_centred_clicks_follow_the_evaluation_clicker():
+    """center_click_prob: the clicks the evaluation places (RITM's iterative training), mixed
+    per mask with the paper's uniform ones; 0 leaves the paper's sampling and its random stream as they were."""
+    from segany.evaluate.clicker import first_click, next_click
+
+    gt = _blob()
+    pred = torch.zeros((2, 100, 120), dtype=torch.bool)
+    pred[0] = gt[0] == 1
+    pred[0, 20:30, 30:90] = False  # a missed band
+    pred[1] = gt[1] == 1
+    pred[1, 10:12, 100:110] = True  # wrong background
+    c, lab = error_points(pred, gt, np.random.default_rng(0), center_prob=1.0)
+    for b in range(2):
+        x, y, label = next_click(pred[b].numpy(), gt[b].numpy())
+        assert c[b].tolist() == [x, y] and lab[b] == label
+    assert lab.tolist() == [1, 0] and c[0, 1] == 24.0  # the middle row of the 10-row band (rows 20-29)
+    p = foreground_points(gt, np.random.default_rng(0), center_prob=1.0)
+    assert [p[b].tolist() for b in range(2)] == [list(first_click(gt[b].numpy())[:2]) for b in range(2)]
+    c, lab = error_points(gt == 1, gt, np.random.default_rng(0), center_prob=1.0)
+    assert (lab == -1).all()  # nothing to correct
+    # Mixed: over many draws both kinds occur; at 0 the stream is exactly the uniform sampler's.
+    draws = {tuple(error_points(pred, gt, np.random.default_rng(s), center_prob=0.5)[0][0].tolist()) for s in range(40)}
+    assert (float(next_click(pred[0].numpy(), gt[0].numpy())[0]), 24.0) in draws and len(draws) > 5
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert torch.equal(error_points(pred, gt, a, center_prob=0.0)[0], error_points(pred, gt, b)[0])
+    assert a.random() == b.random()
+
+
 def test_loss_takes_min_of_three_and_trains_iou_on_actual_iou():
     gt = torch.zeros((1, 64, 64), dtype=torch.uint8)
     gt[0, 16:48, 16:48] = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from segany.cli import main
-from segany.train.trainer import TrainConfig, Trainer, build_model, load_config, lr_factor, param_groups, read_training_checkpoint
+from segany.train.trainer import ConfigError, TrainConfig, Trainer, build_model, load_config, lr_factor, param_groups, read_training_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +80,8 @@ def test_config_roundtrip_and_errors(tmp_path, data_dir):
     (tmp_path / "bad.yaml").write_text("steps: 3\nlearning_rate: 1\n")
     assert main(["train", str(tmp_path / "bad.yaml")]) == 2
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    with pytest.raises(ConfigError, match="center_click_prob must be a probability"):
+        TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "run", center_click_prob=1.5))
 
 
 def test_resume_continues_exactly(tmp_path, data_dir):
@@ -177,6 +180,14 @@ def test_decoder_only_bf16(tmp_path, data_dir):
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     after = t.sam.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("image_encoder.", "prompt_encoder.")))
+
+
+def test_centred_clicks_train(tmp_path, data_dir):
+    """A step with every click placed by the evaluation clicker trains and differs from uniform clicks."""
+    uniform = Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "u", steps=1)), show_progress=False)
+    centred = Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "c", steps=1, center_click_prob=1.0)), show_progress=False)
+    a, b = uniform.train_step(), centred.train_step()
+    assert math.isfinite(b["loss"]) and a["iou_first"] != b["iou_first"]
 
 
 def test_first_prompt_only_curriculum(tmp_path, data_dir):

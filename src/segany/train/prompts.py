@@ -8,6 +8,10 @@ at the end. The previous low-res logits (unthresholded) are the mask prompt of e
 
 All coordinates are (x, y) in the model's input frame; ``gt`` masks hold 1 = object, 0 =
 background, 255 = ignore (never sampled, never counted as an error).
+
+Optionally (``center_prob`` > 0) some clicks are placed as the evaluation protocol places them
+(:mod:`segany.evaluate.clicker`, as RITM's iterative training does): the first at the object's
+interior point farthest from its boundary, a corrective one at the centre of the largest error region.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..evaluate.clicker import first_click, next_click
 from .data import IGNORE
 
 FIRST, POINT, MASK = "first", "point", "mask"
@@ -54,11 +59,24 @@ def _uniform_picks(region: torch.Tensor, rng: np.random.Generator) -> tuple[torc
     return coords, found
 
 
-def foreground_points(gt: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """(B, H, W) masks -> (B, 2) points drawn uniformly from each object's pixels."""
+def _centred(rng: np.random.Generator, count: int, center_prob: float) -> np.ndarray:
+    """Which of ``count`` clicks follow the evaluation clicker (drawn only when ``center_prob`` > 0,
+    so that runs without it draw the same random numbers as before it existed)."""
+    if center_prob <= 0.0:
+        return np.zeros(count, bool)
+    return rng.random(count) < center_prob
+
+
+def foreground_points(gt: torch.Tensor, rng: np.random.Generator, center_prob: float = 0.0) -> torch.Tensor:
+    """(B, H, W) masks -> (B, 2) points drawn uniformly from each object's pixels, or, with
+    probability ``center_prob`` per mask, its interior point farthest from the boundary."""
+    centred = _centred(rng, len(gt), center_prob)
     coords, found = _uniform_picks(gt == 1, rng)
     if not bool(found.all()):
         raise ValueError("cannot sample a foreground point from an empty mask")
+    for i in np.flatnonzero(centred):
+        x, y, _ = first_click(gt[i].cpu().numpy())
+        coords[i] = torch.tensor([x, y], dtype=coords.dtype)
     return coords
 
 
@@ -99,13 +117,16 @@ def noisy_boxes(
 
 
 def error_points(
-    pred: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator
+    pred: torch.Tensor, gt: torch.Tensor, rng: np.random.Generator, center_prob: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One corrective click per mask, uniform over the error region of a (B, H, W) bool prediction.
+    """One corrective click per mask, uniform over the error region of a (B, H, W) bool prediction,
+    or, with probability ``center_prob`` per mask, at the evaluation clicker's point (the centre of
+    the largest error region).
 
     Returns coords (B, 2) and labels (B,): 1 on a false negative, 0 on a false positive, and -1
     (a "not a point" placeholder the prompt encoder ignores) where the prediction has no error.
     """
+    centred = _centred(rng, len(gt), center_prob)
     fn = (gt == 1) & ~pred
     fp = (gt == 0) & pred
     coords, found = _uniform_picks(fn | fp, rng)
@@ -113,6 +134,11 @@ def error_points(
     on_fn = fn[torch.arange(len(gt), device=gt.device), y, x]
     labels = torch.where(found, on_fn.long(), torch.full_like(on_fn, -1, dtype=torch.long))
     coords = torch.where(found[:, None], coords, torch.zeros_like(coords))
+    for i in np.flatnonzero(centred):
+        click = next_click(pred[i].cpu().numpy(), gt[i].cpu().numpy())
+        if click is not None:  # no error: the placeholder stays
+            coords[i] = torch.tensor(click[:2], dtype=coords.dtype)
+            labels[i] = click[2]
     return coords, labels
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     point_rounds: int = 8
     mask_rounds: int = 2
     box_prob: float = 0.5
+    center_click_prob: float = 0.0  # clicks placed by the evaluation clicker instead of uniformly (0: the paper)
     grad_rounds: int | None = None  # None: loss on every iteration (the paper); k: first + k-1 random ones
     first_prompt_only_steps: int = 0  # curriculum: before this step train the first prompt only (no rounds)
     loss: LossWeights = field(default_factory=LossWeights)
@@ -116,6 +117,9 @@ class TrainConfig:
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
         if not cfg.data:
             raise ConfigError("config has no 'data' sources")
+        for name in ("box_prob", "center_click_prob"):
+            if not 0.0 <= float(getattr(cfg, name)) <= 1.0:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,12 +280,12 @@ class InteractiveStep(nn.Module):
                     if box_group:
                         boxes = noisy_boxes(g_gt, rng)
                     else:
-                        coords = foreground_points(g_gt, rng)[:, None]
+                        coords = foreground_points(g_gt, rng, cfg.center_click_prob)[:, None]
                         labels = torch.ones((len(idx), 1), dtype=torch.long, device=gt.device)
                         multimask = True
                 elif kind == POINT:
                     pred = upsample_logits(prev, size)[:, 0] > 0
-                    c, l = error_points(pred, g_gt, rng)
+                    c, l = error_points(pred, g_gt, rng, cfg.center_click_prob)
                     coords = torch.cat([coords, c[:, None]], dim=1)
                     labels = torch.cat([labels, l[:, None]], dim=1)
                 grad = it in with_grad and torch.is_grad_enabled()
