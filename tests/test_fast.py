@@ -224,6 +224,8 @@ def test_bench_command_prints_a_table(ref_checkpoint, capsys):
     per_prompt = next(line for line in out if line.startswith("predict, per prompt"))
     assert float(per_prompt.split()[3]) > 0 and per_prompt.split()[-1] == "-"
     assert any(line.startswith("5 prompts: predict_batch vs 5 calls") for line in out)
+    with_mask = next(line for line in out if line.startswith("predict with a mask prompt, per prompt"))
+    assert float(with_mask.split()[7]) > 0 and with_mask.split()[-1] == "-"
     fast = next(line for line in out if line.startswith("predict, per prompt, bf16 decoder"))
     assert float(fast.split()[5]) > 0
     agreement = next(line for line in out if line.strip().startswith("bf16_mask_iou_vs_fp32:"))

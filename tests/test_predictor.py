@@ -57,6 +57,36 @@ def test_predict_batch_points_equals_single_calls(ref_model, reference_arrays):
         assert np.abs(s - iou[i]).max() < 1e-5
 
 
+def test_mask_prompts_decode_folded_like_the_module(ref_model, reference_arrays):
+    """Prompts with mask inputs take the folded decoder (per-prompt image tokens from the first
+    block): the same logits and IoUs as the official module, for a batch of different masks."""
+    predictor = SamPredictor(ref_model)
+    predictor.set_image(reference_arrays["img0"])
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(50, 400, size=(3, 2, 2))
+    labels = np.array([[1, 0], [1, 1], [0, 1]])
+    masks = rng.normal(0, 8, size=(3, 1, 256, 256)).astype(np.float32)
+    masks[0] = reference_arrays["img0_mask_feedback_mask_input"]
+    for multimask in (True, False):
+        _, iou, logits = predictor.predict_batch(coords, labels, mask_input=masks, multimask_output=multimask)
+        c, lab, _, m = predictor._prompt_tensors(coords, labels, None, masks)
+        sparse, dense = ref_model.prompt_encoder(points=(c, lab), boxes=None, masks=m)
+        with torch.no_grad():
+            want_logits, want_iou = ref_model.mask_decoder(
+                predictor.features, ref_model.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+            )
+        scale = float(want_logits.abs().max())
+        assert np.abs(logits - want_logits.numpy()).max() < 1e-5 * scale
+        assert np.abs(iou - want_iou.numpy()).max() < 1e-5
+    # The bf16 decoder agrees with fp32 on the masks.
+    fast = SamPredictor(ref_model, precision="bf16")
+    fast.set_embedding(predictor.get_embedding())
+    got, _, _ = fast.predict_batch(coords, labels, mask_input=masks, multimask_output=False)
+    exact, _, _ = predictor.predict_batch(coords, labels, mask_input=masks, multimask_output=False)
+    inter, union = (got & exact).sum(axis=(1, 2, 3)), (got | exact).sum(axis=(1, 2, 3))
+    assert (inter / np.maximum(union, 1)).min() > 0.97
+
+
 def test_errors(ref_model):
     predictor = SamPredictor(ref_model)
     with pytest.raises(RuntimeError, match="set_image"):

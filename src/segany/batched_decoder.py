@@ -69,8 +69,9 @@ class SharedImageMaskDecoder:
 
     Build once per image with the encoder features (1, C, H, W); then :meth:`decode_tokens`
     gives IoU predictions for a batch of prompts cheaply, and :meth:`upscale_masks` the low-res
-    mask logits for the prompts that need them. No dense (mask) prompt: the decoder's
-    no-mask embedding is used, as in automatic mask generation.
+    mask logits for the prompts that need them. Prompts without a mask use the decoder's no-mask
+    embedding, as in automatic mask generation; :meth:`decode_tokens` also takes mask prompts'
+    dense embeddings, whose image tokens are then per prompt from the first block on.
 
     dtype: the type of the image-side tensors and their products. ``torch.bfloat16`` halves their
     memory traffic and runs the products as bf16 matmuls (fp32 accumulation); the prompt tokens,
@@ -101,6 +102,7 @@ class SharedImageMaskDecoder:
 
         _, c, h, w = features.shape
         self.grid = (h, w)
+        self.features = features
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         self.src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
         self.pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
@@ -199,9 +201,14 @@ class SharedImageMaskDecoder:
 
     # -- the two-way transformer --------------------------------------------------------------
 
-    def _transformer(self, sparse_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _transformer(
+        self, sparse_embeddings: torch.Tensor, dense_embeddings: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The two-way blocks for a batch of prompts: tokens (B, n, C) after the last block, the
-        token positional embeddings (B, n, C) and the updated image tokens (B, N, C)."""
+        token positional embeddings (B, n, C) and the updated image tokens (B, N, C).
+
+        dense_embeddings: (B, C, H, W) mask-prompt embeddings. Each prompt's image tokens then differ
+        from the first block on, so that block runs per prompt too, folded like the later ones."""
         decoder, transformer = self.decoder, self.transformer
         b = sparse_embeddings.shape[0]
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -209,7 +216,13 @@ class SharedImageMaskDecoder:
         n = tokens.shape[1]
 
         queries, token_pe = tokens, tokens
-        image: torch.Tensor = self.src  # (1, N, C) until the first block's last step
+        shared = dense_embeddings is None
+        if shared:
+            image: torch.Tensor = self.src  # (1, N, C) until the first block's last step
+        else:
+            if dense_embeddings.shape[0] != b or dense_embeddings.shape[-2:] != self.grid:
+                raise ValueError(f"dense embeddings {tuple(dense_embeddings.shape)} do not fit {b} prompts on a {self.grid} grid")
+            image = (self.features + dense_embeddings).flatten(2).transpose(1, 2).to(self.dtype).contiguous()  # (B, N, C)
         for index, layer in enumerate(transformer.layers):
             if layer.skip_first_layer_pe:
                 queries = layer.self_attn(queries, queries, queries)
@@ -219,7 +232,8 @@ class SharedImageMaskDecoder:
             queries = layer.norm1(queries)
 
             t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-            if index == 0:
+            first_shared = index == 0 and shared
+            if first_shared:
                 attended = self._tokens_to_shared_image(t2i, queries + token_pe, self.first_k_t, self.first_v)
             else:
                 image_pos = image + self.pos
@@ -231,7 +245,7 @@ class SharedImageMaskDecoder:
             scale = 1.0 / math.sqrt(k.shape[-1])
             heads = i2t.num_heads
             # Image->token attention weights as (B, h*n, N): softmax over each head's n tokens.
-            if index == 0:
+            if first_shared:
                 # Shared image queries (h, c, N) against every prompt's tokens.
                 k_by_head = k.transpose(0, 1).reshape(heads, b * n, -1)
                 scores = torch.bmm((k_by_head * scale).to(self.dtype), self.first_q_t)  # (h, B*n, N)
@@ -276,15 +290,16 @@ class SharedImageMaskDecoder:
 
     @torch.no_grad()
     def decode_tokens(
-        self, sparse_embeddings: torch.Tensor, multimask_output: bool = True
+        self, sparse_embeddings: torch.Tensor, multimask_output: bool = True, dense_embeddings: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the two-way transformer for a batch of prompts.
 
-        sparse_embeddings: (B, n_prompt, C) from the prompt encoder.
+        sparse_embeddings: (B, n_prompt, C) from the prompt encoder; dense_embeddings: (B, C, H, W)
+        from its mask input, or None for prompts without a mask (the no-mask embedding).
         Returns IoU predictions (B, M), hypernetwork weights (B, M, C/8) and the updated image
         tokens (B, N, C) to pass to :meth:`upscale_masks`; M = 3 with multimask output, else 1.
         """
-        queries, token_pe, image = self._transformer(sparse_embeddings)
+        queries, token_pe, image = self._transformer(sparse_embeddings, dense_embeddings)
         mask_ids = self._mask_ids(multimask_output)
         # Only the IoU token and the returned mask tokens are used after the final attention.
         out = self._final_tokens(queries, token_pe, image, image + self.pos, [0] + [1 + i for i in mask_ids])

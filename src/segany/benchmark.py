@@ -238,7 +238,10 @@ def bench_decoder(
     of them in one ``predict_batch`` call. Every side uses the same (segany fp32) embedding.
 
     fast: also time segany's bf16 decoder (``precision="bf16"``, on the same embedding) and
-    report the IoU of its masks with the fp32 decoder's."""
+    report the IoU of its masks with the fp32 decoder's.
+
+    The ``*_mask_each`` rows time the refinement loop's next call: each point again with the
+    low-res logits of its first answer as the mask prompt (``predict(..., mask_input=...)``)."""
     ours = SamPredictor(model)
     with torch.inference_mode():
         ours.set_image(image)
@@ -253,6 +256,17 @@ def bench_decoder(
         for pt in points:
             ours.predict(pt[None], labels)
 
+    # The refinement loop's second call: the first answer's top low-res logits fed back.
+    with torch.inference_mode():
+        feedback = []
+        for pt in points:
+            _, scores, low = ours.predict(pt[None], labels)
+            feedback.append(low[int(np.argmax(scores))][None])
+
+    def ours_mask_each() -> None:
+        for pt, mask in zip(points, feedback):
+            ours.predict(pt[None], labels, mask_input=mask, multimask_output=False)
+
     fns: dict[str, Callable[[], Any]] = {}
     result: dict[str, Any] = {"num_prompts": len(points), "image_shape": list(image.shape)}
     if official is not None:
@@ -265,18 +279,26 @@ def bench_decoder(
             for pt in points:
                 off.predict(pt[None], labels)
 
+        def official_mask_each() -> None:
+            for pt, mask in zip(points, feedback):
+                off.predict(pt[None], labels, mask_input=mask, multimask_output=False)
+
         fns["official_predict_each"] = official_each
-        diffs = []
-        for pt in points[:8]:
-            m1, s1, l1 = ours.predict(pt[None], labels)
-            m2, s2, l2 = off.predict(pt[None], labels)
-            diffs.append((np.abs(l1 - l2).max(), np.abs(s1 - s2).max(), (m1 != m2).mean()))
-        result["agreement_vs_official"] = {
-            "max_logit_diff": float(max(d[0] for d in diffs)),
-            "max_iou_pred_diff": float(max(d[1] for d in diffs)),
-            "max_mask_mismatch_fraction": float(max(d[2] for d in diffs)),
-        }
+        fns["official_predict_mask_each"] = official_mask_each
+        for key, kwargs in (("agreement_vs_official", [{}] * 8), ("mask_prompt_agreement_vs_official",
+                            [{"mask_input": m, "multimask_output": False} for m in feedback[:8]])):
+            diffs = []
+            for pt, kw in zip(points[:8], kwargs):
+                m1, s1, l1 = ours.predict(pt[None], labels, **kw)
+                m2, s2, l2 = off.predict(pt[None], labels, **kw)
+                diffs.append((np.abs(l1 - l2).max(), np.abs(s1 - s2).max(), (m1 != m2).mean()))
+            result[key] = {
+                "max_logit_diff": float(max(d[0] for d in diffs)),
+                "max_iou_pred_diff": float(max(d[1] for d in diffs)),
+                "max_mask_mismatch_fraction": float(max(d[2] for d in diffs)),
+            }
     fns["segany_predict_each"] = ours_each
+    fns["segany_predict_mask_each"] = ours_mask_each
     fns["segany_predict_batch"] = lambda: ours.predict_batch(points[:, None], np.ones((len(points), 1)))
     if fast_predictor is not None:
         fast_p = fast_predictor
@@ -302,8 +324,13 @@ def bench_decoder(
     if official is not None:
         base = statistics.median(times["official_predict_each"])
         result["speedup_vs_official_predict_each"] = {
-            k: round(base / statistics.median(v), 2) for k, v in times.items() if k != "official_predict_each"
+            k: round(base / statistics.median(v), 2)
+            for k, v in times.items()
+            if k not in ("official_predict_each", "official_predict_mask_each", "segany_predict_mask_each")
         }
+        result["speedup_mask_prompt_vs_official"] = round(
+            statistics.median(times["official_predict_mask_each"]) / statistics.median(times["segany_predict_mask_each"]), 2
+        )
     return result
 
 

@@ -258,10 +258,13 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        if mask_input is None and not torch.is_grad_enabled():
-            # Sparse prompts only: the image side is shared by all prompts (see batched_decoder).
+        if not torch.is_grad_enabled():
+            # Folded decoding (see batched_decoder): the image side is shared by all prompts without
+            # a mask; with a mask prompt each prompt's image tokens start from its own dense embedding.
             decoder = self._shared_image_decoder()
-            iou_predictions, hyper, image = decoder.decode_tokens(sparse, multimask_output)
+            iou_predictions, hyper, image = decoder.decode_tokens(
+                sparse, multimask_output, dense_embeddings=dense if mask_input is not None else None
+            )
             low_res_masks = decoder.upscale_masks(image, hyper)
         else:
             low_res_masks, iou_predictions = self._full_decoder(sparse, dense, multimask_output)

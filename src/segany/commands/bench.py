@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         batch = med("decoder", "segany_predict_batch")
         print(_row("predict, per prompt", each and each / n, base and base / n, "ms"))
         print(_row(f"{n} prompts: predict_batch vs {n} calls", batch, base))
+        mask_each, mask_base = med("decoder", "segany_predict_mask_each"), med("decoder", "official_predict_mask_each")
+        print(_row("predict with a mask prompt, per prompt", mask_each and mask_each / n, mask_base and mask_base / n, "ms"))
         if "bf16_mask_iou_vs_fp32" in results["decoder"]:
             fast_each = med("decoder", "segany_bf16_predict_each")
             print(_row("predict, per prompt, bf16 decoder", fast_each and fast_each / n, base and base / n, "ms"))
