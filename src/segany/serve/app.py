@@ -394,7 +394,9 @@ class SegmentService:
         box = np.array(req.box, dtype=float) if req.box is not None else None
         last = max(len(points), 1)
         for n in range(1, last + 1):
-            multimask = req.multimask if n == last and req.multimask is not None else None
+            multimask = None  # the session's rule: 3 candidates for the first answer only
+            if n == last:  # the answer returned follows this endpoint's rule, like a plain request
+                multimask = req.multimask if req.multimask is not None else (len(points) == 1 and box is None)
             masks, scores = segmenter.predict(points[:n], labels[:n], box, multimask=multimask)
         return masks, scores, len(masks) > 1, segmenter.view
 
