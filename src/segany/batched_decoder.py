@@ -177,11 +177,13 @@ class SharedImageMaskDecoder:
         tokens: torch.Tensor,
         image: torch.Tensor,
         norm: nn.LayerNorm,
+        overwrite: bool = False,
     ) -> torch.Tensor:
         """Finish image->token attention from its weights (B, h*n, N) (softmax over each head's n
         tokens) and return norm(image + attention). ``image`` may be (1, N, C) (shared) or (B, N, C).
         The weights stay in the layout their scores were computed in; the products read them
-        transposed (no (N, h*n) copy)."""
+        transposed (no (N, h*n) copy). overwrite: ``image`` holds per-prompt tokens no longer needed,
+        so the sums are accumulated into it (on CPU) instead of a copy of it."""
         b, n, _ = tokens.shape
         heads = attn.num_heads
         v = _heads(attn.v_proj(tokens), heads)  # (B, h, n, c)
@@ -192,6 +194,10 @@ class SharedImageMaskDecoder:
         token_out = (token_out + attn.out_proj.bias / heads).to(image.dtype).contiguous()
         if not _per_prompt(image):
             return norm(torch.baddbmm(image.expand(b, -1, -1), weights_t.transpose(1, 2), token_out))
+        if overwrite:
+            for i in range(b):
+                image[i].addmm_(weights_t[i].T, token_out[i])
+            return norm(image)
         shared = image.shape[0] == 1
         # Written in place into one buffer: stacking per-prompt results would copy 4 MiB per prompt.
         updated = image.new_empty((b, *image.shape[1:]))
@@ -265,7 +271,8 @@ class SharedImageMaskDecoder:
                 else:
                     scores = torch.baddbmm(bias, k_in_image_space, image_pos.transpose(1, 2))  # (B, h*n, N)
                     weights_t = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
-            image = self._image_to_tokens_update(i2t, weights_t, queries, image, layer.norm4)
+            # After the first shared block the image tokens are this call's own per-prompt buffer.
+            image = self._image_to_tokens_update(i2t, weights_t, queries, image, layer.norm4, overwrite=not first_shared)
         return queries, token_pe, image
 
     def _final_tokens(
