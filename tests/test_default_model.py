@@ -22,21 +22,30 @@ def test_default_model_is_packaged_and_small():
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["segany"]
     rel = path.relative_to(REPO / "src" / "segany").as_posix()
     assert any(fnmatch.fnmatch(rel, g) for g in globs)
-    for beside in ("default_train.yaml", "default_log.jsonl", "default_finetune_512.yaml", "default_finetune_512_log.jsonl"):
+    for beside in ("default_train.yaml", "default_log.jsonl", "default_finetune_512.yaml", "default_finetune_512_log.jsonl",
+                   "default_stage3.yaml", "default_stage3_log.jsonl", "default_best.json"):
         assert (path.parent / beside).exists(), beside
 
 
 def test_default_model_matches_its_committed_configs():
-    """The shipped weights are the stage-2 model (fine-tuned at 512 px from stage 1's best checkpoint):
-    its architecture is that config's, and stage 2 starts where stage 1 writes."""
+    """The shipped weights are the stage-3 model: stage 2 (fine-tuned at 512 px from stage 1's best
+    checkpoint) resumed in its own folder with more steps and evaluation-placed clicks. Its
+    architecture is those configs', and each stage starts where the one before writes."""
+    import json
+
     from segany.train.trainer import load_config
 
     weights = segany.DEFAULT_MODEL.parent
     stage1, stage2 = load_config(weights / "default_train.yaml"), load_config(weights / "default_finetune_512.yaml")
+    stage3 = load_config(weights / "default_stage3.yaml")
     model = segany.load_default_model()
     assert model.image_encoder.img_size == stage2.model["img_size"] == 2 * stage1.model["img_size"]
     assert stage2.init_checkpoint == f"{stage1.output_dir}/best.safetensors"
     assert stage2.data == stage1.data  # the same training data, validation images left out
+    assert stage3.output_dir == stage2.output_dir and stage3.model == stage2.model and stage3.data == stage2.data
+    assert stage3.steps > stage2.steps and stage3.center_click_prob > 0 == stage2.center_click_prob
+    log = [json.loads(line) for line in (weights / "default_stage3_log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log) == stage3.steps == json.loads((weights / "default_best.json").read_text())["step"]
 
 
 def test_load_default_model_predicts(coco_photo):
