@@ -63,6 +63,9 @@ def test_without_zoom_it_is_the_predictor_feedback_loop(default_predictor, photo
         np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
         previous = low[int(np.argmax(want_scores))][None]
     assert len(got[0][0]) == 3 and len(got[1][0]) == 1
+    # Known only by its size, an image needs embeddings from elsewhere (embed=...).
+    with pytest.raises(ValueError, match="needs embed"):
+        ClickSegmenter(default_predictor).set_image_size(*photo.shape[:2])
 
 
 def test_reprojected_mask_prompt_matches_the_models_own(default_predictor, photo):

@@ -102,11 +102,24 @@ class ClickSegmenter:
         self.zoom_in = zoom_in
         self.embed = embed
         self.image: np.ndarray | None = None
+        self._size: tuple[int, int] | None = None  # (H, W) of the current image
         self._embeddings: dict[Box, ImageEmbedding] = {}
 
     def set_image(self, image: np.ndarray) -> None:
         """A new (H, W, 3) uint8 RGB image: embeds it and starts a new object."""
         self.image = np.ascontiguousarray(image)
+        self._start(self.image.shape[:2])
+
+    def set_image_size(self, height: int, width: int) -> None:
+        """A new image known only by its size, for a session whose embeddings come from ``embed``
+        (which crops and encodes the image itself): no pixels are needed here."""
+        if self.embed is None:
+            raise ValueError("set_image_size needs embed=...: without it the session encodes the image itself")
+        self.image = None
+        self._start((int(height), int(width)))
+
+    def _start(self, size: tuple[int, int]) -> None:
+        self._size = size
         self._embeddings = {}
         self._view = None
         self._show(self._full_box())
@@ -125,7 +138,7 @@ class ClickSegmenter:
         return self._logits
 
     def _full_box(self) -> Box:
-        h, w = self.image.shape[:2]
+        h, w = self._size
         return 0, 0, w, h
 
     def _show(self, view: Box) -> None:
@@ -201,7 +214,7 @@ class ClickSegmenter:
         zoom: answer on the zoom-in crop of the current answer (True), on the whole image (False),
         or as the ``zoom_in`` settings say (None: after ``skip_clicks`` clicks; never without them).
         """
-        if self.image is None:
+        if self._size is None:
             raise RuntimeError("set_image(...) must come before predict(...)")
         points = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
         labels = np.zeros(0, int) if labels is None else np.asarray(labels).reshape(-1)
@@ -230,8 +243,7 @@ class ClickSegmenter:
         if view == self._full_box():
             full = logits
         else:
-            h, w = self.image.shape[:2]
-            full = np.full((len(logits), h, w), BACKGROUND_LOGIT, np.float32)
+            full = np.full((len(logits), *self._size), BACKGROUND_LOGIT, np.float32)
             full[:, y0:y1, x0:x1] = logits
         self._logits = full[top].astype(np.float32, copy=False)
         return full > self.predictor.model.mask_threshold, scores

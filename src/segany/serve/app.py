@@ -342,16 +342,16 @@ class SegmentService:
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
                 raise ApiError(422, f"box {list(req.box)} is outside the {w}x{h} image")
         zoom_crop = None
+        multimask = req.multimask if req.multimask is not None else (len(req.points) == 1 and req.box is None)
         if req.zoom_in:
             if req.mask_input is not None or req.return_logits:
                 raise ApiError(422, "zoom_in answers the clicks itself: it takes no mask_input and returns no low-res logits")
-            masks, scores, multimask, zoom_crop = self._segment_zoomed(image_id, record, req)
+            masks, scores, zoom_crop = self._segment_zoomed(image_id, record, req, multimask)
             logits = None
         else:
             predictor = SamPredictor(self.model)
             predictor.set_embedding(self.embedding(image_id))
             mask_input = self._mask_prompt(req.mask_input, predictor, (h, w)) if req.mask_input else None
-            multimask = req.multimask if req.multimask is not None else (len(req.points) == 1 and req.box is None)
             masks, scores, logits = predictor.predict(
                 np.array(req.points, dtype=float) if req.points else None,
                 np.array(req.labels) if req.points else None,
@@ -382,23 +382,22 @@ class SegmentService:
         return response
 
     def _segment_zoomed(
-        self, image_id: int, record: ImageRecord, req: SegmentRequest
-    ) -> tuple[np.ndarray, np.ndarray, bool, tuple[int, int, int, int]]:
+        self, image_id: int, record: ImageRecord, req: SegmentRequest, multimask: bool
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
         """Replay the clicks as a zoom-in session (:class:`segany.clicks.ClickSegmenter`): the same
         answers as ``segany eval interactive --zoom-in``. Stateless: the crops follow from the clicks,
-        and their embeddings come from the cache, so a replay encodes only a crop it has not seen."""
+        and their embeddings come from the cache, so a replay encodes only a crop it has not seen (and
+        reads the image file only then). The last answer has ``multimask`` candidates, like a plain request."""
         segmenter = ClickSegmenter(SamPredictor(self.model), ZoomIn(), embed=lambda view: self.embedding(image_id, view))
-        segmenter.set_image(record.image())
+        segmenter.set_image_size(record.info.height, record.info.width)
         points = np.array(req.points, dtype=float).reshape(-1, 2)
         labels = np.array(req.labels, dtype=int)
         box = np.array(req.box, dtype=float) if req.box is not None else None
         last = max(len(points), 1)
         for n in range(1, last + 1):
-            multimask = None  # the session's rule: 3 candidates for the first answer only
-            if n == last:  # the answer returned follows this endpoint's rule, like a plain request
-                multimask = req.multimask if req.multimask is not None else (len(points) == 1 and box is None)
-            masks, scores = segmenter.predict(points[:n], labels[:n], box, multimask=multimask)
-        return masks, scores, len(masks) > 1, segmenter.view
+            # Earlier answers follow the session's rule: 3 candidates for the first one only.
+            masks, scores = segmenter.predict(points[:n], labels[:n], box, multimask=multimask if n == last else None)
+        return masks, scores, segmenter.view
 
     @staticmethod
     def _mask_prompt(prompt: MaskPrompt, predictor: SamPredictor, size: tuple[int, int]) -> np.ndarray:
