@@ -2,21 +2,13 @@
 // usage: node tests/browser/annotate.mjs BASE_URL IMAGE OUT_DIR [X_FRAC Y_FRAC] ; prints one JSON line.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { launch } from "../../web/chromium.mjs";
+import { openImage, openPage, runPage } from "./harness.mjs";
 
 const [base, image, outDir, fx = "0.5", fy = "0.5"] = process.argv.slice(2);
-const { context, close } = await launch();
-const result = { console: [] };
-try {
-  const page = await context.newPage();
-  page.on("console", (m) => m.type() !== "debug" && result.console.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => result.console.push(`pageerror: ${e.message}`));
-  await page.goto(base, { waitUntil: "load" });
-  await page.waitForSelector("body[data-decoder]", { timeout: 60000 });
-  result.decoder = await page.getAttribute("body", "data-decoder");
+await runPage(async (page, result) => {
+  result.decoder = await openPage(page, base);
   await page.screenshot({ path: join(outDir, "empty.png") });
-  await page.setInputFiles("#file-input", image);
-  await page.waitForSelector('body[data-state="ready"]', { timeout: 120000 });
+  await openImage(page, image);
   const canvas = page.locator("#canvas");
   const box = await canvas.boundingBox();
   result.canvas = box;
@@ -85,11 +77,4 @@ try {
   const [cut] = await Promise.all([page.waitForEvent("download"), page.keyboard.press("x")]);
   await cut.saveAs(join(outDir, "cutout.png"));
   await page.screenshot({ path: join(outDir, "page_box.png") });
-  result.ok = true;
-} catch (e) {
-  result.ok = false;
-  result.error = String(e.stack || e);
-} finally {
-  await close();
-}
-console.log(JSON.stringify(result));
+});

@@ -2,24 +2,17 @@
 // usage: node tests/browser/zoom.mjs BASE_URL IMAGE OUT_DIR "fx,fy,label;fx,fy,label;..." ; prints one JSON line.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { launch } from "../../web/chromium.mjs";
+import { openImage, openPage, runPage } from "./harness.mjs";
 
 const [base, image, outDir, spec] = process.argv.slice(2);
 const clicks = spec.split(";").map((c) => c.split(",").map(Number));
-const { context, close } = await launch();
-const result = { console: [], requests: [] };
-try {
-  const page = await context.newPage();
-  page.on("console", (m) => m.type() !== "debug" && result.console.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => result.console.push(`pageerror: ${e.message}`));
+await runPage(async (page, result) => {
+  result.requests = [];
   page.on("request", (r) => {
     if (r.method() === "POST" && r.url().endsWith("/segment")) result.requests.push(JSON.parse(r.postData()));
   });
-  await page.goto(base, { waitUntil: "load" });
-  await page.waitForSelector("body[data-decoder]", { timeout: 60000 });
-  result.decoder = await page.getAttribute("body", "data-decoder");
-  await page.setInputFiles("#file-input", image);
-  await page.waitForSelector('body[data-state="ready"]', { timeout: 120000 });
+  result.decoder = await openPage(page, base);
+  await openImage(page, image);
   await page.click("#tool-zoomin");
   result.pressed = await page.getAttribute("#tool-zoomin", "aria-pressed");
   const box = await page.locator("#canvas").boundingBox();
@@ -42,11 +35,4 @@ try {
   await page.keyboard.press("z");
   await page.waitForFunction((b) => document.body.dataset.masks !== b, drawn, { timeout: 60000 });
   result.off = await page.evaluate(() => ({ pressed: document.querySelector("#tool-zoomin").getAttribute("aria-pressed"), zoomCrop: window.segany.state.zoomCrop }));
-  result.ok = true;
-} catch (e) {
-  result.ok = false;
-  result.error = String(e.stack || e);
-} finally {
-  await close();
-}
-console.log(JSON.stringify(result));
+});
