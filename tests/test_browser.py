@@ -156,7 +156,8 @@ def test_zoom_in_tool_answers_clicks_on_a_crop(default_server_url, coco_photo, t
 
     clicks = "0.5,0.4717,1;0.4688,0.6179,0;0.55,0.4292,1"  # (320, 200) +, (300, 262) -, (352, 182) + on 640x424
     proc = subprocess.run(
-        ["node", str(REPO / "tests/browser/zoom.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path), clicks],
+        ["node", str(REPO / "tests/browser/click_tool.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path),
+         clicks, "zoomin", "z"],
         capture_output=True, text=True, timeout=400, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -169,7 +170,7 @@ def test_zoom_in_tool_answers_clicks_on_a_crop(default_server_url, coco_photo, t
     zoomed = [r for r in result["requests"] if r.get("zoom_in")]
     assert [len(r["points"]) for r in zoomed] == [2, 3] and zoomed[-1]["points"] == state["points"]
     h, w = state["size"]
-    page_mask = np.array(json.loads((tmp_path / "mask_zoom.json").read_text()), dtype=bool).reshape(h, w)
+    page_mask = np.array(json.loads((tmp_path / "mask_zoomin.json").read_text()), dtype=bool).reshape(h, w)
     seg = ClickSegmenter(SamPredictor(load_default_model()), ZoomIn())
     seg.set_image(read_image(coco_photo))
     for n in range(1, 4):
@@ -181,3 +182,35 @@ def test_zoom_in_tool_answers_clicks_on_a_crop(default_server_url, coco_photo, t
     outside[y0:y1, x0:x1] = False
     assert page_mask.any() and not page_mask[outside].any()  # nothing outside the crop
     assert result["off"] == {"pressed": "false", "zoomCrop": None}
+    assert len(result["requests"]) == result["requestsBeforeOff"]  # off: answered in the browser again
+
+
+def test_edges_tool_shows_the_refined_mask(default_server_url, coco_photo, tmp_path):
+    """With the Edges tool on, every click is answered on the server with refine: the page shows
+    exactly segany.refine.refine_mask of the model's mask."""
+    from segany import load_default_model
+    from segany.refine import refine_mask
+
+    clicks = "0.5,0.4717,1;0.4688,0.6179,0"  # (320, 200) +, (300, 262) - on 640x424
+    proc = subprocess.run(
+        ["node", str(REPO / "tests/browser/click_tool.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path),
+         clicks, "refine", "r"],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result.get("error")
+    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+    state = result["state"]
+    assert result["pressed"] == "true" and state["labels"] == [1, 0]
+    assert [(len(r["points"]), r.get("refine")) for r in result["requests"]] == [(1, True), (2, True)]
+    h, w = state["size"]
+    page_mask = np.array(json.loads((tmp_path / "mask_refine.json").read_text()), dtype=bool).reshape(h, w)
+    image = read_image(coco_photo)
+    predictor = SamPredictor(load_default_model())
+    predictor.set_image(image)
+    points, labels = np.array(state["points"], float), np.array(state["labels"])
+    masks, _, _ = predictor.predict(points, labels, multimask_output=False)
+    want = refine_mask(image, masks[0], points, labels)
+    assert np.array_equal(page_mask, want) and not np.array_equal(want, masks[0])
+    assert result["off"]["pressed"] == "false" and len(result["requests"]) == result["requestsBeforeOff"]

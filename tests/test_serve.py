@@ -93,6 +93,22 @@ def test_segment_point_matches_predictor_as_rle_and_png(client, uploaded, predic
     assert np.array_equal(png > 127, masks[best])
 
 
+def test_segment_refine_fits_each_mask_to_the_image_edges(client, uploaded, predictor, coco_photo):
+    """refine: true answers with segany.refine.refine_mask applied to each of the model's masks."""
+    from segany.refine import refine_mask
+
+    iid = uploaded["image_id"]
+    prompt = {"points": [[300, 200], [330, 240]], "labels": [1, 0]}
+    plain = client.post(f"/api/images/{iid}/segment", json=prompt).json()
+    body = client.post(f"/api/images/{iid}/segment", json={**prompt, "refine": True, "return_logits": True}).json()
+    assert plain["refined"] is False and body["refined"] is True
+    image = read_image(coco_photo)
+    for p, r in zip(plain["masks"], body["masks"]):
+        want = refine_mask(image, decode_rle(p["rle"]), np.array(prompt["points"], float), np.array(prompt["labels"]))
+        assert np.array_equal(decode_rle(r["rle"]), want) and r["area"] == int(want.sum())
+        assert r["score"] == p["score"] and "low_res_logits" in r  # the model's own logits, to feed back
+
+
 def test_segment_box_and_mask_prompts(client, uploaded, predictor):
     iid = uploaded["image_id"]
     box = [100, 80, 420, 330]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..cli import UsageError
+from ..refine import EdgeRefine
 from .common import add_model_args, resolve_model
 
 EXAMPLE = (
@@ -36,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after the first click, segment a crop around the object at full model resolution (RITM)")
     q.add_argument("--zoom-min-crop", type=int, default=200, metavar="PX", help="smallest zoom-in crop side")
     q.add_argument("--zoom-expansion", type=float, default=1.4, metavar="X", help="zoom-in crop = object box x this")
+    q.add_argument("--refine", action="store_true",
+                   help="fit each answer's boundary to the image's edges with GrabCut (segany.refine)")
+    q.add_argument("--refine-band", type=float, metavar="FRACTION",
+                   help=f"with --refine: half-width of the band GrabCut may relabel, x the long side (default {EdgeRefine.band})")
     q.add_argument("--output", required=True, help="results JSON (per-object IoUs inside)")
     q.add_argument("--plot", metavar="PNG", help="also draw the mIoU-vs-clicks curve")
     q.add_argument("--compare", metavar="JSON", action="append", default=[],
@@ -76,21 +81,34 @@ def run(args: argparse.Namespace) -> int:
             zoom_in = ZoomIn(expansion=args.zoom_expansion, min_crop=args.zoom_min_crop)
         except ValueError as e:
             raise UsageError(f"bad zoom-in setting: {e}") from None
+    refine = None
+    if args.refine_band is not None and not args.refine:
+        raise UsageError("--refine-band needs --refine")
+    if args.refine:
+        if args.method == "grabcut":
+            raise UsageError("--refine applies to --method sam only")
+        try:
+            refine = EdgeRefine() if args.refine_band is None else EdgeRefine(band=args.refine_band)
+        except ValueError as e:
+            raise UsageError(f"bad refine setting: {e}") from None
     if args.method == "grabcut":
         clicker = GrabCutClicker()
         model_name = "grabcut"
     else:
         model = resolve_model(args)
-        clicker = SamClicker(SamPredictor(model), zoom_in)
+        clicker = SamClicker(SamPredictor(model), zoom_in, refine)
         model_name = args.checkpoint or args.model or "default"
         if zoom_in is not None:
             model_name += " +zoom-in"
+        if refine is not None:
+            model_name += " +refine"
     options = EvalOptions(max_clicks=args.max_clicks, long_side=args.long_side or None)
     partial = output.with_name(output.name + ".partial.jsonl")
     if args.restart:
         partial.unlink(missing_ok=True)
     settings = {"method": args.method, "model": model_name,
-                "zoom_in": dataclasses.asdict(zoom_in) if zoom_in is not None else None}
+                "zoom_in": dataclasses.asdict(zoom_in) if zoom_in is not None else None,
+                "refine": dataclasses.asdict(refine) if refine is not None else None}
     try:
         result = evaluate(clicker, objects, options, progress=True, partial_path=partial, settings=settings)
     except DataError as e:
@@ -98,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     result = {"method": args.method, "model": model_name, **result}
     if zoom_in is not None:
         result["zoom_in"] = dataclasses.asdict(zoom_in)
+    if refine is not None:
+        result["refine"] = dataclasses.asdict(refine)
     atomic_write_bytes(output, json.dumps(result, indent=1).encode())
     partial.unlink(missing_ok=True)
     if args.plot:

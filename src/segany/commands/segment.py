@@ -12,6 +12,7 @@ from ..cli import UsageError
 from ..clicks import ClickSegmenter, ZoomIn
 from ..io import read_image, save_mask_png, save_png
 from ..predictor import SamPredictor
+from ..refine import refine_mask
 from ..visualize import draw_prompts, overlay_masks
 from .common import add_model_args, parse_floats, resolve_model
 
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multimask", action="store_true", help="predict 3 candidate masks and keep the best")
     p.add_argument("--zoom-in", action="store_true",
                    help="then segment again on a crop around the mask at the model's full input (small objects)")
+    p.add_argument("--refine", action="store_true",
+                   help="fit the mask's boundary to the image's edges with GrabCut (the clicks are kept)")
     p.add_argument("-o", "--output", required=True, help="output mask PNG (0/255)")
     p.add_argument("--all-masks", action="store_true", help="with --multimask, also write every candidate")
     p.add_argument("--overlay", metavar="PNG", help="also write the mask drawn over the image")
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         predictor.set_image(image)
         masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=args.multimask)
+    if args.refine:
+        masks = np.stack([refine_mask(image, m, coords, labels) for m in masks])
     best = int(np.argmax(scores))
     save_mask_png(output, masks[best])
     written = [str(output)]
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         "best": best,
         "area": int(masks[best].sum()),
         **({"zoom_crop": list(crop)} if crop is not None else {}),
+        **({"refined": True} if args.refine else {}),
         "outputs": written,
     }
     if args.json:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..clicks import ClickSegmenter, ZoomIn
+from ..refine import EdgeRefine, refine_mask
 from .clicker import first_click, next_click
 from ..io import atomic_write_bytes, read_image
 from ..train.data import IGNORE, DataError, read_coco, read_folder_pairs
@@ -119,16 +120,21 @@ def _resize_pair(image: np.ndarray, mask: np.ndarray, long_side: int | None):
 
 class SamClicker:
     """Runs the protocol with a :class:`~segany.SamPredictor`, optionally with zoom-in
-    (:class:`~segany.clicks.ZoomIn`)."""
+    (:class:`~segany.clicks.ZoomIn`) and edge refinement of every answer (:class:`~segany.refine.EdgeRefine`;
+    the next click then follows the refined mask, while the model is fed its own low-res logits)."""
 
-    def __init__(self, predictor, zoom_in: ZoomIn | None = None) -> None:
+    def __init__(self, predictor, zoom_in: ZoomIn | None = None, refine: EdgeRefine | None = None) -> None:
         self.segmenter = ClickSegmenter(predictor, zoom_in)
+        self.refine = refine
 
     def set_image(self, image: np.ndarray) -> None:
         self.segmenter.set_image(image)
 
     def predict(self, points: np.ndarray, labels: np.ndarray, gt: np.ndarray | None = None) -> dict[str, Any]:
         masks, scores = self.segmenter.predict(points, labels)
+        if self.refine is not None:
+            image = self.segmenter.image
+            masks = np.stack([refine_mask(image, m, points, labels, self.refine) for m in masks])
         out: dict[str, Any] = {"mask": masks[int(np.argmax(scores))]}
         if len(masks) > 1 and gt is not None:
             out["oracle_iou"] = max(iou(m, gt) for m in masks)

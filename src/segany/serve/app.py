@@ -38,6 +38,7 @@ from ..io import ImageReadError, read_image
 from ..masks import decode_rle, encode_rle
 from ..modeling import Sam
 from ..predictor import ImageEmbedding, SamPredictor
+from ..refine import refine_mask
 from .formats import Annotation, ImageInfo, coco_json, index_png, sa1b_json
 
 log = logging.getLogger("segany.serve")
@@ -192,6 +193,12 @@ class SegmentRequest(BaseModel):
         description="answer the points as one object's clicks, in order, with zoom-in (RITM's settings): "
         "each answer is fed back, and every click after the first is answered on a crop around the current "
         "mask, encoded on the server (cached per crop). The response gives the crop as zoom_crop.",
+    )
+
+    refine: bool = Field(
+        False,
+        description="fit each mask's boundary to the image's edges with GrabCut (segany.refine); the clicks "
+        "are kept. Low-res logits, when asked for, stay the model's own, to be fed back.",
     )
 
     @field_validator("labels")
@@ -359,6 +366,10 @@ class SegmentService:
                 mask_input,
                 multimask_output=multimask,
             )
+        if req.refine:
+            image = record.image()
+            points = np.array(req.points, dtype=float).reshape(-1, 2)
+            masks = np.stack([refine_mask(image, m, points, np.array(req.labels, dtype=int)) for m in masks])
         order = np.argsort(-scores)
         out = []
         for i in order:
@@ -376,7 +387,7 @@ class SegmentService:
             if logits is not None and req.return_logits:
                 item["low_res_logits"] = base64.b64encode(logits[i].astype("<f4").tobytes()).decode("ascii")
             out.append(item)
-        response = {"image_id": image_id, "size": [h, w], "multimask": multimask, "masks": out}
+        response = {"image_id": image_id, "size": [h, w], "multimask": multimask, "refined": req.refine, "masks": out}
         if req.zoom_in:
             response["zoom_crop"] = list(zoom_crop)
         return response

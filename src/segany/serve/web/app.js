@@ -36,6 +36,9 @@ const state = {
   // around the current mask. ?zoom=1 starts with it on.
   zoomIn: new URLSearchParams(location.search).get("zoom") === "1",
   zoomCrop: null, // [x0, y0, x1, y1] of the last zoomed answer
+  // Edges tool: every click's answer comes from the server with its boundary fitted to the image's
+  // edges (GrabCut, segany.refine). ?refine=1 starts with it on.
+  refine: new URLSearchParams(location.search).get("refine") === "1",
 };
 
 const canvas = $("canvas");
@@ -354,7 +357,8 @@ function redo() {
 async function runDecode(prompt, kind = "click") {
   const seq = ++state.decodeSeq[kind];
   const t0 = performance.now();
-  const result = prompt.zoomIn ? await decodeOnServer(state.imageId, prompt) : await state.decoder.decode(prompt);
+  const onServer = prompt.zoomIn || prompt.refine;
+  const result = onServer ? await decodeOnServer(state.imageId, prompt) : await state.decoder.decode(prompt);
   void result.masks[0]?.mask; // the upsampled mask is part of the cost of a click
   state.lastMs = performance.now() - t0;
   $("latency").textContent = `decode ${state.lastMs.toFixed(1)} ms`;
@@ -374,7 +378,8 @@ async function decodePrompt(chosen = 0) {
   try {
     // Zoom-in starts at an object's second click (the first is answered on the whole image).
     const zoomIn = state.zoomIn && state.points.length > 1;
-    const result = await runDecode({ points: state.points, labels: state.labels, box: state.box, zoomIn });
+    const prompt = { points: state.points, labels: state.labels, box: state.box, zoomIn, refine: state.refine };
+    const result = await runDecode(prompt);
     if (!result) return;
     state.zoomCrop = zoomIn ? result.zoomCrop : null;
     state.candidates = result.masks;
@@ -427,8 +432,22 @@ function renderZoomIn() {
 function toggleZoomIn() {
   state.zoomIn = !state.zoomIn;
   renderZoomIn();
+  renderRefine();
   setStatus(state.zoomIn ? "Zoom-in on: clicks after an object's first are answered on a crop around it (Z to turn off)." : "Zoom-in off.");
   if (state.points.length > 1) decodePrompt(state.chosen);
+  else draw();
+}
+
+function renderRefine() {
+  $("tool-refine").setAttribute("aria-pressed", String(state.refine));
+  $("tool-refine").classList.toggle("active", state.refine);
+}
+
+function toggleRefine() {
+  state.refine = !state.refine;
+  renderRefine();
+  setStatus(state.refine ? "Edges on: each answer's boundary is fitted to the image's edges on the server (R to turn off)." : "Edges off.");
+  if (state.points.length || state.box) decodePrompt(state.chosen);
   else draw();
 }
 
@@ -824,6 +843,8 @@ document.addEventListener("keydown", (e) => {
     $("file-input").click();
   } else if (e.key === "z" || e.key === "Z") {
     toggleZoomIn();
+  } else if (e.key === "r" || e.key === "R") {
+    toggleRefine();
   } else if (e.key === "v" || e.key === "V") {
     state.hideObjects = !state.hideObjects;
     setStatus(state.hideObjects ? "Saved objects hidden (V to show)." : "Saved objects shown.");
@@ -860,6 +881,7 @@ $("tool-redo").onclick = redo;
 $("tool-clear").onclick = clearPrompts;
 $("tool-cutout").onclick = cutout;
 $("tool-zoomin").onclick = toggleZoomIn;
+$("tool-refine").onclick = toggleRefine;
 $("tool-everything").onclick = () => (state.proposals ? closeEverything() : everything());
 $("auto-add-all").onclick = () => keepProposals([...state.proposals]);
 $("auto-close").onclick = closeEverything;
@@ -906,6 +928,7 @@ async function start() {
   pill.title = state.decoder.reason ? `Decoding on the server: ${state.decoder.reason}` : "Clicks are decoded in this browser";
   document.body.dataset.decoder = state.decoder.name === "server" ? "server" : "wasm";
   renderZoomIn();
+  renderRefine();
   setStatus(`Model ${state.info.model} on ${state.info.device}. Open an image to start.`);
 }
 

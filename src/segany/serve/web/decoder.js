@@ -203,11 +203,13 @@ export class ServerDecoder {
 
 /** Decode on the server (POST /segment). With prompt.zoomIn the points are one object's clicks in
  * order, answered with zoom-in (a crop around the object, encoded on the server); the result then
- * carries the crop as zoomCrop [x0, y0, x1, y1]. */
+ * carries the crop as zoomCrop [x0, y0, x1, y1]. With prompt.refine each mask's boundary is fitted to
+ * the image's edges (GrabCut on the server). */
 export async function decodeOnServer(imageId, prompt) {
   const t0 = performance.now();
   const body = { points: prompt.points, labels: prompt.labels, box: prompt.box, format: "rle" };
   if (prompt.zoomIn) body.zoom_in = true;
+  if (prompt.refine) body.refine = true;
   const response = await fetch(`/api/images/${imageId}/segment`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },

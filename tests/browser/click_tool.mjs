@@ -1,10 +1,12 @@
-// Zoom-in in the annotation page: three clicks on one object with the Zoom tool on.
-// usage: node tests/browser/zoom.mjs BASE_URL IMAGE OUT_DIR "fx,fy,label;fx,fy,label;..." ; prints one JSON line.
+// A server-answered click tool of the annotation page (Zoom, Edges): clicks on one object with the
+// tool on, then its key to turn it off.
+// usage: node tests/browser/click_tool.mjs BASE_URL IMAGE OUT_DIR "fx,fy,label;..." TOOL KEY ; prints one JSON line.
+// TOOL is the button's id without "tool-" (zoomin, refine); the screenshot and mask are OUT_DIR/TOOL.png, mask_TOOL.json.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openImage, openPage, runPage } from "./harness.mjs";
 
-const [base, image, outDir, spec] = process.argv.slice(2);
+const [base, image, outDir, spec, tool, key] = process.argv.slice(2);
 const clicks = spec.split(";").map((c) => c.split(",").map(Number));
 await runPage(async (page, result) => {
   result.requests = [];
@@ -13,8 +15,8 @@ await runPage(async (page, result) => {
   });
   result.decoder = await openPage(page, base);
   await openImage(page, image);
-  await page.click("#tool-zoomin");
-  result.pressed = await page.getAttribute("#tool-zoomin", "aria-pressed");
+  await page.click(`#tool-${tool}`);
+  result.pressed = await page.getAttribute(`#tool-${tool}`, "aria-pressed");
   const box = await page.locator("#canvas").boundingBox();
   for (const [fx, fy, label] of clicks) {
     const drawn = await page.getAttribute("body", "data-masks");
@@ -24,15 +26,16 @@ await runPage(async (page, result) => {
     await page.waitForFunction((b) => document.body.dataset.masks !== b, drawn, { timeout: 120000 });
   }
   await page.waitForTimeout(200);
-  await page.screenshot({ path: join(outDir, "zoom.png") });
+  await page.screenshot({ path: join(outDir, `${tool}.png`) });
   result.state = await page.evaluate(() => {
     const s = window.segany.state;
     return { points: s.points, labels: s.labels, zoomCrop: s.zoomCrop, size: [s.height, s.width], candidates: s.candidates.length };
   });
-  writeFileSync(join(outDir, "mask_zoom.json"), JSON.stringify(await page.evaluate(() => window.segany.currentMask())));
-  // Z turns it off: the same clicks are answered again on the whole image.
+  writeFileSync(join(outDir, `mask_${tool}.json`), JSON.stringify(await page.evaluate(() => window.segany.currentMask())));
+  // Its key turns it off: the same clicks are answered again, in the browser.
   const drawn = await page.getAttribute("body", "data-masks");
-  await page.keyboard.press("z");
+  result.requestsBeforeOff = result.requests.length;
+  await page.keyboard.press(key);
   await page.waitForFunction((b) => document.body.dataset.masks !== b, drawn, { timeout: 60000 });
-  result.off = await page.evaluate(() => ({ pressed: document.querySelector("#tool-zoomin").getAttribute("aria-pressed"), zoomCrop: window.segany.state.zoomCrop }));
+  result.off = await page.evaluate((t) => ({ pressed: document.querySelector(`#tool-${t}`).getAttribute("aria-pressed"), zoomCrop: window.segany.state.zoomCrop }), tool);
 });
