@@ -2,7 +2,7 @@
 // usage: node tests/browser/annotate.mjs BASE_URL IMAGE OUT_DIR [X_FRAC Y_FRAC] ; prints one JSON line.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { openImage, openPage, runPage } from "./harness.mjs";
+import { newMasks, openImage, openPage, runPage } from "./harness.mjs";
 
 const [base, image, outDir, fx = "0.5", fy = "0.5"] = process.argv.slice(2);
 await runPage(async (page, result) => {
@@ -48,26 +48,24 @@ await runPage(async (page, result) => {
   await page.keyboard.press("Control+y");
   result.afterRedo = await page.locator("#objects li").count();
   // Double-click the object to edit it: it leaves the list and its click comes back as the prompt.
-  const drawnBeforeEdit = await page.getAttribute("body", "data-masks");
-  await page.dblclick("#objects li .meta");
-  await page.waitForFunction((b) => document.body.dataset.masks !== b, drawnBeforeEdit, { timeout: 30000 });
+  await newMasks(page, () => page.dblclick("#objects li .meta"), 30000);
   result.editing = await page.evaluate(() => ({ objects: window.segany.state.objects.length, points: window.segany.state.points }));
   await page.keyboard.press("Enter");
   result.afterEdit = await page.locator("#objects li").count();
   // A box, then a point outside the object (shift-click), then the second candidate and a cut-out.
   await page.keyboard.press("Escape");
-  const drawnBefore = await page.getAttribute("body", "data-masks");
-  await page.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.2);
-  await page.mouse.down();
-  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5, { steps: 5 });
-  await page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.9, { steps: 5 });
-  await page.mouse.up();
-  await page.waitForFunction((b) => document.body.dataset.masks !== b, drawnBefore, { timeout: 30000 });
-  const afterBox = await page.getAttribute("body", "data-masks");
-  await page.keyboard.down("Shift");
-  await page.mouse.click(box.x + box.width * 0.3, box.y + box.height * 0.8);
-  await page.keyboard.up("Shift");
-  await page.waitForFunction((b) => document.body.dataset.masks !== b, afterBox, { timeout: 30000 });
+  await newMasks(page, async () => {
+    await page.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.2);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5, { steps: 5 });
+    await page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.9, { steps: 5 });
+    await page.mouse.up();
+  }, 30000);
+  await newMasks(page, async () => {
+    await page.keyboard.down("Shift");
+    await page.mouse.click(box.x + box.width * 0.3, box.y + box.height * 0.8);
+    await page.keyboard.up("Shift");
+  }, 30000);
   result.boxPrompt = await page.evaluate(() => ({ box: window.segany.state.box, points: window.segany.state.points, labels: window.segany.state.labels }));
   result.boxCandidates = await page.locator(".cand").count();
   writeFileSync(join(outDir, "mask_box.json"), JSON.stringify(await page.evaluate(() => window.segany.currentMask())));

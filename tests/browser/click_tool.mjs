@@ -4,7 +4,7 @@
 // TOOL is the button's id without "tool-" (zoomin, refine); the screenshot and mask are OUT_DIR/TOOL.png, mask_TOOL.json.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { openImage, openPage, runPage } from "./harness.mjs";
+import { newMasks, openImage, openPage, runPage } from "./harness.mjs";
 
 const [base, image, outDir, spec, tool, key] = process.argv.slice(2);
 const clicks = spec.split(";").map((c) => c.split(",").map(Number));
@@ -19,11 +19,11 @@ await runPage(async (page, result) => {
   result.pressed = await page.getAttribute(`#tool-${tool}`, "aria-pressed");
   const box = await page.locator("#canvas").boundingBox();
   for (const [fx, fy, label] of clicks) {
-    const drawn = await page.getAttribute("body", "data-masks");
-    if (!label) await page.keyboard.down("Shift");
-    await page.mouse.click(box.x + box.width * fx, box.y + box.height * fy);
-    if (!label) await page.keyboard.up("Shift");
-    await page.waitForFunction((b) => document.body.dataset.masks !== b, drawn, { timeout: 120000 });
+    await newMasks(page, async () => {
+      if (!label) await page.keyboard.down("Shift");
+      await page.mouse.click(box.x + box.width * fx, box.y + box.height * fy);
+      if (!label) await page.keyboard.up("Shift");
+    }, 120000);
   }
   await page.waitForTimeout(200);
   await page.screenshot({ path: join(outDir, `${tool}.png`) });
@@ -33,9 +33,7 @@ await runPage(async (page, result) => {
   });
   writeFileSync(join(outDir, `mask_${tool}.json`), JSON.stringify(await page.evaluate(() => window.segany.currentMask())));
   // Its key turns it off: the same clicks are answered again, in the browser.
-  const drawn = await page.getAttribute("body", "data-masks");
   result.requestsBeforeOff = result.requests.length;
-  await page.keyboard.press(key);
-  await page.waitForFunction((b) => document.body.dataset.masks !== b, drawn, { timeout: 60000 });
+  await newMasks(page, () => page.keyboard.press(key));
   result.off = await page.evaluate((t) => ({ pressed: document.querySelector(`#tool-${t}`).getAttribute("aria-pressed"), zoomCrop: window.segany.state.zoomCrop }), tool);
 });

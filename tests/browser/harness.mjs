@@ -33,3 +33,11 @@ export async function openImage(page, image) {
   await page.setInputFiles("#file-input", image);
   await page.waitForSelector('body[data-state="ready"]', { timeout: 120000 });
 }
+
+/** Do action (a click, a key press) and wait until the page has drawn the answer to it: the
+ * body's data-masks counter changes (it is absent until the first answer). */
+export async function newMasks(page, action, timeout = 60000) {
+  const before = await page.getAttribute("body", "data-masks");
+  await action();
+  await page.waitForFunction((b) => document.body.getAttribute("data-masks") !== b, before, { timeout });
+}
