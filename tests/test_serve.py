@@ -107,6 +107,12 @@ def test_segment_refine_fits_each_mask_to_the_image_edges(client, uploaded, pred
         want = refine_mask(image, decode_rle(p["rle"]), np.array(prompt["points"], float), np.array(prompt["labels"]))
         assert np.array_equal(decode_rle(r["rle"]), want) and r["area"] == int(want.sum())
         assert r["score"] == p["score"] and "low_res_logits" in r  # the model's own logits, to feed back
+    # With zoom_in the replayed session's answer is refined the same way.
+    zoomed = client.post(f"/api/images/{iid}/segment", json={**prompt, "zoom_in": True}).json()
+    both = client.post(f"/api/images/{iid}/segment", json={**prompt, "zoom_in": True, "refine": True}).json()
+    assert both["zoom_crop"] == zoomed["zoom_crop"] and both["refined"] is True
+    want = refine_mask(image, decode_rle(zoomed["masks"][0]["rle"]), np.array(prompt["points"], float), np.array(prompt["labels"]))
+    assert np.array_equal(decode_rle(both["masks"][0]["rle"]), want)
 
 
 def test_segment_box_and_mask_prompts(client, uploaded, predictor):
