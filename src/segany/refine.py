@@ -42,7 +42,7 @@ class EdgeRefine:
     band: float = 0.032  # half-width of the relabelled band around the boundary, x the image's long side
     iterations: int = 3  # GrabCut iterations (colour-model re-estimations)
     click_radius: float = 0.01  # radius of a click's sure disk, x the image's long side
-    context: float = 3.0  # the colour models see the band's box grown by this x the band
+    context: float = 3.0  # the colour models see the mask's box grown by the band and this x the band
     max_side: int = 512  # larger regions are refined at this long side and scaled back
 
     def __post_init__(self) -> None:
@@ -70,7 +70,8 @@ def refine_mask(
     image: (H, W, 3) uint8 RGB. mask: (H, W) bool (or logits: > 0 is object).
     points: (N, 2) clicks (x, y) in pixels, labels: (N,) 1 object / 0 background; they are kept.
     Returns an (H, W) bool mask. An empty mask comes back unchanged; one that leaves GrabCut nothing
-    to decide, or too few pixels of a class to learn from, comes back with the clicks' disks only.
+    to decide, or too few pixels of a class to learn from, comes back unchanged but for the clicks'
+    disks. Seeds the calling thread's OpenCV RNG (GrabCut's k-means), so that answers are repeatable.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
