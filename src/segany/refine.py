@@ -14,8 +14,8 @@ that is good at exactly that (Rother et al., "GrabCut", SIGGRAPH 2004; OpenCV's 
 The band is a fraction of the image's long side, so it covers the same part of the picture at any
 resolution. The work is confined to the mask's box grown by the band and some context, and a region
 larger than ``max_side`` px is refined at that size and scaled back (GrabCut costs about 0.7 s per
-megapixel and iteration on one core): about 0.1 s a mask on a 640x424 photo, 0.6 s on the same photo
-upscaled to 2560x1696. GrabCut's answer depends on the resolution it sees, so the same object can come
+megapixel and iteration on one core): 0.1-0.4 s a mask on a 640x424 photo, by the mask's size, and
+0.6 s for the same object on that photo upscaled to 2560x1696. GrabCut's answer depends on the resolution it sees, so the same object can come
 out somewhat differently at different image sizes.
 
 Refinement is a post-process of the mask shown to the user: an interactive session still feeds the
