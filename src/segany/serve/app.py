@@ -368,8 +368,10 @@ class SegmentService:
             )
         if req.refine:
             image = record.image()
-            points = np.array(req.points, dtype=float).reshape(-1, 2)
-            masks = np.stack([refine_mask(image, m, points, np.array(req.labels, dtype=int)) for m in masks])
+            points, labels = np.array(req.points, dtype=float).reshape(-1, 2), np.array(req.labels, dtype=int)
+            # GrabCut releases the GIL: an object's three candidates are refined side by side.
+            with ThreadPoolExecutor(max_workers=len(masks)) as pool:
+                masks = np.stack(list(pool.map(lambda m: refine_mask(image, m, points, labels), masks)))
         order = np.argsort(-scores)
         out = []
         for i in order:
