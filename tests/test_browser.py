@@ -51,18 +51,23 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
 
 
-@pytest.mark.parametrize("decoder", ["wasm", "server"])
-def test_click_draws_mask_and_export_decodes_to_it(server_url, ref_model, coco_photo, tmp_path, decoder):
-    url = server_url + ("/?decoder=server" if decoder == "server" else "/")
-    proc = subprocess.run(
-        ["node", str(REPO / "tests/browser/annotate.mjs"), url, str(coco_photo), str(tmp_path), "0.47", "0.42"],
-        capture_output=True, text=True, timeout=400, cwd=REPO,
-    )
+def run_page_script(script: str, *args: str) -> dict:
+    """Run a page script of tests/browser/ with node; its JSON result, checked to have finished
+    with no error and no console error or page error."""
+    proc = subprocess.run(["node", str(REPO / "tests/browser" / script), *args],
+                          capture_output=True, text=True, timeout=400, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ok"], result.get("error")
-    assert result["decoder"] == decoder
     assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+    return result
+
+
+@pytest.mark.parametrize("decoder", ["wasm", "server"])
+def test_click_draws_mask_and_export_decodes_to_it(server_url, ref_model, coco_photo, tmp_path, decoder):
+    url = server_url + ("/?decoder=server" if decoder == "server" else "/")
+    result = run_page_script("annotate.mjs", url, str(coco_photo), str(tmp_path), "0.47", "0.42")
+    assert result["decoder"] == decoder
 
     h, w = result["size"]
     page_mask = np.array(json.loads((tmp_path / "mask.json").read_text()), dtype=bool).reshape(h, w)
@@ -129,15 +134,8 @@ def test_default_model_decodes_in_the_browser(default_server_url, coco_photo, tm
     """The shipped model has a 32x32 embedding (128x128 low-res masks): the WASM path must follow it."""
     from segany import load_default_model
 
-    proc = subprocess.run(
-        ["node", str(REPO / "tests/browser/annotate.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path), "0.47", "0.42"],
-        capture_output=True, text=True, timeout=400, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["ok"], result.get("error")
+    result = run_page_script("annotate.mjs", default_server_url + "/", str(coco_photo), str(tmp_path), "0.47", "0.42")
     assert result["decoder"] == "wasm"
-    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
     h, w = result["size"]
     page_mask = np.array(json.loads((tmp_path / "mask.json").read_text()), dtype=bool).reshape(h, w)
     predictor = SamPredictor(load_default_model())
@@ -155,15 +153,7 @@ def test_zoom_in_tool_answers_clicks_on_a_crop(default_server_url, coco_photo, t
     from segany.clicks import ClickSegmenter, ZoomIn
 
     clicks = "0.5,0.4717,1;0.4688,0.6179,0;0.55,0.4292,1"  # (320, 200) +, (300, 262) -, (352, 182) + on 640x424
-    proc = subprocess.run(
-        ["node", str(REPO / "tests/browser/click_tool.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path),
-         clicks, "zoomin", "z"],
-        capture_output=True, text=True, timeout=400, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["ok"], result.get("error")
-    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+    result = run_page_script("click_tool.mjs", default_server_url + "/", str(coco_photo), str(tmp_path), clicks, "zoomin", "z")
     state = result["state"]
     assert result["pressed"] == "true" and state["labels"] == [1, 0, 1]
     # The first click is decoded in the browser; the next two go to the server with zoom_in.
@@ -192,15 +182,7 @@ def test_edges_tool_shows_the_refined_mask(default_server_url, coco_photo, tmp_p
     from segany.refine import refine_mask
 
     clicks = "0.5,0.4717,1;0.4688,0.6179,0"  # (320, 200) +, (300, 262) - on 640x424
-    proc = subprocess.run(
-        ["node", str(REPO / "tests/browser/click_tool.mjs"), default_server_url + "/", str(coco_photo), str(tmp_path),
-         clicks, "refine", "r"],
-        capture_output=True, text=True, timeout=400, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["ok"], result.get("error")
-    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))], result["console"]
+    result = run_page_script("click_tool.mjs", default_server_url + "/", str(coco_photo), str(tmp_path), clicks, "refine", "r")
     state = result["state"]
     assert result["pressed"] == "true" and state["labels"] == [1, 0]
     assert [(len(r["points"]), r.get("refine")) for r in result["requests"]] == [(1, True), (2, True)]

@@ -424,28 +424,23 @@ function choose(i) {
   draw();
 }
 
-function renderZoomIn() {
-  $("tool-zoomin").setAttribute("aria-pressed", String(state.zoomIn));
-  $("tool-zoomin").classList.toggle("active", state.zoomIn);
+/** Show a tool button (Zoom, Edges) as pressed or not. */
+function renderToggle(id, on) {
+  $(id).setAttribute("aria-pressed", String(on));
+  $(id).classList.toggle("active", on);
 }
 
 function toggleZoomIn() {
   state.zoomIn = !state.zoomIn;
-  renderZoomIn();
-  renderRefine();
+  renderToggle("tool-zoomin", state.zoomIn);
   setStatus(state.zoomIn ? "Zoom-in on: clicks after an object's first are answered on a crop around it (Z to turn off)." : "Zoom-in off.");
   if (state.points.length > 1) decodePrompt(state.chosen);
   else draw();
 }
 
-function renderRefine() {
-  $("tool-refine").setAttribute("aria-pressed", String(state.refine));
-  $("tool-refine").classList.toggle("active", state.refine);
-}
-
 function toggleRefine() {
   state.refine = !state.refine;
-  renderRefine();
+  renderToggle("tool-refine", state.refine);
   setStatus(state.refine ? "Edges on: each answer's boundary is fitted to the image's edges on the server (R to turn off)." : "Edges off.");
   if (state.points.length || state.box) decodePrompt(state.chosen);
   else draw();
@@ -927,8 +922,8 @@ async function start() {
   pill.className = `pill ${state.decoder.name === "server" ? "warn" : "ok"}`;
   pill.title = state.decoder.reason ? `Decoding on the server: ${state.decoder.reason}` : "Clicks are decoded in this browser";
   document.body.dataset.decoder = state.decoder.name === "server" ? "server" : "wasm";
-  renderZoomIn();
-  renderRefine();
+  renderToggle("tool-zoomin", state.zoomIn);
+  renderToggle("tool-refine", state.refine);
   setStatus(`Model ${state.info.model} on ${state.info.device}. Open an image to start.`);
 }
 
