@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import nn
 from ..checkpoints import load_model, save_model
 from ..io import atomic_write_bytes
 from ..modeling import CONFIGS, Sam, SamConfig, build_sam
-from .data import AugmentConfig, DataSource, InteractiveDataset, load_source
+from .data import COCO_ID, AugmentConfig, DataSource, ImageRecord, InteractiveDataset, load_source, read_folder_pairs
 from .losses import LossWeights, interactive_loss, upsample_logits
 from .prompts import FIRST, MASK, POINT, error_points, foreground_points, interaction_schedule, noisy_boxes
 
@@ -394,6 +395,22 @@ def _prepared_batch(key: tuple[int, int, int], batch_size: int):
     return images, masks, rng.bit_generator.state
 
 
+def validation_leaks(records: list[ImageRecord], cfg: TrainConfig) -> list[str]:
+    """Names of training records that are validation images too: the same file stem, or the same
+    COCO photo (the 12-digit id in the name; COCO-MVal and COCO share photos). The whole validation
+    split counts (``val.match``), not only the ``val.limit`` objects validated during training,
+    since the split is what a trained model is measured on."""
+    assert cfg.val is not None
+    root = Path(cfg.data_root)
+    val_records = read_folder_pairs(root / cfg.val.images, root / cfg.val.masks)
+    pattern = re.compile(cfg.val.match) if cfg.val.match else None
+    stems = {r.name for r in val_records if pattern is None or pattern.search(r.name)}
+    ids = {m.group(1) for s in stems if (m := COCO_ID.search(s))}
+    return sorted(
+        r.name for r in records if r.name in stems or ((m := COCO_ID.search(r.name)) is not None and m.group(1) in ids)
+    )
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> None:
         self.cfg = cfg
@@ -423,6 +440,14 @@ class Trainer:
         records = []
         for source in cfg.data:
             records += load_source(source, cfg.data_root)
+        if cfg.val is not None:
+            leaks = validation_leaks(records, cfg)
+            if leaks:
+                raise ConfigError(
+                    f"{len(leaks)} training image(s) are validation images too (the same stem or COCO photo as"
+                    f" one in {cfg.val.images} matching {cfg.val.match!r}), e.g. {', '.join(leaks[:3])}: leave them"
+                    " out of training (a source's include / exclude / exclude_ids_from)"
+                )
         self.dataset = InteractiveDataset(records, self.sam.image_encoder.img_size, cfg.max_masks, cfg.augment)
         self.step = 0
         self.best: float | None = None
