@@ -109,6 +109,24 @@ def test_resume_continues_exactly(tmp_path, data_dir):
     assert (tmp_path / "b" / "final.safetensors").exists()
 
 
+def test_a_training_state_loads_as_a_model(tmp_path, data_dir, coco_photo):
+    """OUTPUT_DIR/last.pt of a run, stopped or not, is a checkpoint every tool reads (its TrainConfig
+    gives the architecture), so a run can be evaluated mid-way without exporting it."""
+    from segany.checkpoints import load_model
+
+    trainer = Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "run")), show_progress=False)
+    trainer.fit(stop_at=2)
+    last = tmp_path / "run" / "last.pt"
+    model = load_model(last)
+    assert model.image_encoder.img_size == TINY_MODEL["img_size"]
+    state = model.state_dict()
+    for k, v in trainer.sam.state_dict().items():
+        assert torch.equal(state[k], v.cpu()), k
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(coco_photo), "--point", "320,200", "--checkpoint", str(last), "-o", str(out)]) == 0
+    assert out.exists()
+
+
 def test_sigkill_mid_run_then_resume(tmp_path, data_dir):
     steps = 12
     cfg_path = write_config(tmp_path / "c.yaml", tiny_config(data_dir, tmp_path / "run", steps=steps))
@@ -213,3 +231,26 @@ def test_prefetch_workers_train_the_same_steps(tmp_path, data_dir):
         assert torch.equal(a["model"][k], b["model"][k]), k
     losses = [[json.loads(x)["train"]["loss"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
     assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_device_train_script_sends_back_the_model(tmp_path, data_dir):
+    """scripts/device_train.sh, as run on a lent GPU machine: trains, then sends the model of the
+    run's last state back in parts that fit the device's 16 MiB per file."""
+    from segany.checkpoints import load_model
+
+    config = write_config(tmp_path / "c.yaml", tiny_config(data_dir, tmp_path / "run"))
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(["bash", str(REPO / "scripts" / "device_train.sh"), str(config), "2"], cwd=REPO,
+                          env={**_env(), "OUT": str(out)}, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "train exit status 0" in done.stdout and (out / "log.jsonl").exists()
+    parts = sorted(out.glob("weights.safetensors.part-*"))
+    assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)
+    (tmp_path / "weights.safetensors").write_bytes(b"".join(p.read_bytes() for p in parts))
+    sent, kept = load_model(tmp_path / "weights.safetensors"), load_model(tmp_path / "run" / "final.safetensors")
+    for k, v in kept.state_dict().items():
+        assert torch.equal(sent.state_dict()[k], v), k
+    missing = subprocess.run(["bash", str(REPO / "scripts" / "device_train.sh"), str(config)], cwd=REPO,
+                             env={**_env(), "OUT": str(out)}, capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode != 0 and "usage" in missing.stderr

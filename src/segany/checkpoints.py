@@ -118,6 +118,14 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"not a SAM checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
     config = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
+    if config is not None and "model" in config and "output_dir" in config:
+        # segany's training state (OUTPUT_DIR/last.pt) stores its TrainConfig: the architecture is
+        # its "model", an official name or SamConfig fields.
+        arch = config["model"]
+        if isinstance(arch, str):
+            config = CONFIGS[arch].to_dict() if arch in CONFIGS else None
+        else:
+            config = dict(arch) if isinstance(arch, Mapping) else None
     for key in _NESTED_KEYS:
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
