@@ -97,6 +97,9 @@ def test_centred_clicks_follow_the_evaluation_clicker():
     assert [p[b].tolist() for b in range(2)] == [list(first_click(gt[b].numpy())[:2]) for b in range(2)]
     c, lab = error_points(gt == 1, gt, np.random.default_rng(0), center_prob=1.0)
     assert (lab == -1).all()  # nothing to correct
+    c, lab = error_points(torch.stack([pred[0], gt[1] == 1]), gt, np.random.default_rng(0), center_prob=1.0)
+    assert lab.tolist() == [1, -1] and c[0].tolist() == [next_click(pred[0].numpy(), gt[0].numpy())[0], 24.0]
+    assert c[1].tolist() == [0.0, 0.0]  # the placeholder of a mask with nothing to correct
     # Mixed: over many draws both kinds occur; at 0 the stream is exactly the uniform sampler's.
     draws = {tuple(error_points(pred, gt, np.random.default_rng(s), center_prob=0.5)[0][0].tolist()) for s in range(40)}
     assert (float(next_click(pred[0].numpy(), gt[0].numpy())[0]), 24.0) in draws and len(draws) > 5

@@ -67,6 +67,11 @@ def _centred(rng: np.random.Generator, count: int, center_prob: float) -> np.nda
     return rng.random(count) < center_prob
 
 
+def _host_rows(x: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` on the host, in one transfer (one wait on a GPU, not one per mask)."""
+    return x[torch.from_numpy(rows).to(x.device)].cpu().numpy()
+
+
 def foreground_points(gt: torch.Tensor, rng: np.random.Generator, center_prob: float = 0.0) -> torch.Tensor:
     """(B, H, W) masks -> (B, 2) points drawn uniformly from each object's pixels, or, with
     probability ``center_prob`` per mask, its interior point farthest from the boundary."""
@@ -74,9 +79,12 @@ def foreground_points(gt: torch.Tensor, rng: np.random.Generator, center_prob: f
     coords, found = _uniform_picks(gt == 1, rng)
     if not bool(found.all()):
         raise ValueError("cannot sample a foreground point from an empty mask")
-    for i in np.flatnonzero(centred):
-        x, y, _ = first_click(gt[i].cpu().numpy())
-        coords[i] = torch.tensor([x, y], dtype=coords.dtype)
+    rows = np.flatnonzero(centred)
+    if len(rows):
+        clicks = [first_click(g) for g in _host_rows(gt, rows)]
+        coords[torch.from_numpy(rows).to(coords.device)] = torch.tensor(
+            [c[:2] for c in clicks], dtype=coords.dtype, device=coords.device
+        )
     return coords
 
 
@@ -134,11 +142,14 @@ def error_points(
     on_fn = fn[torch.arange(len(gt), device=gt.device), y, x]
     labels = torch.where(found, on_fn.long(), torch.full_like(on_fn, -1, dtype=torch.long))
     coords = torch.where(found[:, None], coords, torch.zeros_like(coords))
-    for i in np.flatnonzero(centred):
-        click = next_click(pred[i].cpu().numpy(), gt[i].cpu().numpy())
-        if click is not None:  # no error: the placeholder stays
-            coords[i] = torch.tensor(click[:2], dtype=coords.dtype)
-            labels[i] = click[2]
+    rows = np.flatnonzero(centred)
+    if len(rows):
+        clicks = [next_click(p, g) for p, g in zip(_host_rows(pred, rows), _host_rows(gt, rows))]
+        placed = [(i, c) for i, c in zip(rows.tolist(), clicks) if c is not None]  # None: no error, placeholder stays
+        if placed:
+            at = torch.tensor([i for i, _ in placed], device=coords.device)
+            coords[at] = torch.tensor([c[:2] for _, c in placed], dtype=coords.dtype, device=coords.device)
+            labels[at] = torch.tensor([c[2] for _, c in placed], dtype=labels.dtype, device=labels.device)
     return coords, labels
 
 
