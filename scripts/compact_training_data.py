@@ -24,22 +24,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
 import yaml
 from PIL import Image
 
-from segany.train.data import DataError, load_source
+from segany.evaluate.interactive import load_folder_objects
+from segany.train.data import MASK_SUFFIXES, DataError, _by_stem, load_source
 from segany.train.trainer import ConfigError, load_config, validation_leaks
-
-
-def find_by_stem(folder: Path, stem: str) -> Path:
-    hits = [p for p in folder.iterdir() if p.stem == stem]
-    if len(hits) != 1:
-        raise SystemExit(f"error: expected one file named {stem}.* in {folder}, found {len(hits)}")
-    return hits[0]
 
 
 def save_image(src: Path, dst: Path, long_side: int | None, quality: int) -> tuple[int, int]:
@@ -81,22 +74,26 @@ def main() -> None:
 
     try:
         cfg = load_config(args.config)
-        sources = [(source, load_source(source, cfg.data_root)) for source in cfg.data]
+        root, out = Path(cfg.data_root), Path(args.out)
+        sources = [(source, load_source(source, root)) for source in cfg.data]
+        if cfg.val is not None:
+            leaks = validation_leaks([r for _, records in sources for r in records], cfg)
+            if leaks:
+                raise SystemExit(f"error: {args.config} trains on {len(leaks)} validation image(s), e.g. {', '.join(leaks[:3])}")
+            # The objects the trainer validates on, chosen as it chooses them.
+            val_objects = load_folder_objects(root / cfg.val.images, root / cfg.val.masks, match=cfg.val.match, limit=cfg.val.limit)
     except (ConfigError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    root, out = Path(cfg.data_root), Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"error: {out} is not empty")
-    if cfg.val is not None:
-        leaks = validation_leaks([r for _, records in sources for r in records], cfg)
-        if leaks:
-            raise SystemExit(f"error: {args.config} trains on {len(leaks)} validation image(s), e.g. {', '.join(leaks[:3])}")
     for source, records in sources:
+        # Masks paired by stem as the loader pairs them (read_folder_pairs), the folder listed once.
+        mask_of = _by_stem(root / source.masks, MASK_SUFFIXES) if source.kind == "folder" else {}
         for record in records:
             stem = record.image_path.stem
             if source.kind == "folder":
                 size = save_image(record.image_path, out / source.images / f"{stem}.jpg", args.long_side, args.quality)
-                save_mask(find_by_stem(root / source.masks, stem), out / source.masks / f"{stem}.png", size)
+                save_mask(mask_of[stem], out / source.masks / f"{stem}.png", size)
             elif source.kind == "coco":
                 save_image(record.image_path, out / source.images / record.image_path.name, None, args.quality)
             else:
@@ -111,13 +108,12 @@ def main() -> None:
     )
     if cfg.val is not None:
         v = cfg.val
-        # The objects the trainer validates on: the first val.limit of the split (one per image here).
-        stems = sorted(q.stem for q in (root / v.masks).iterdir() if not v.match or re.search(v.match, q.stem))
-        stems = stems[: v.limit or None]
-        for stem in stems:
-            size = save_image(find_by_stem(root / v.images, stem), out / "val" / v.images / f"{stem}.jpg", args.long_side, args.quality)
-            save_mask(find_by_stem(root / v.masks, stem), out / "val" / v.masks / f"{stem}.png", size)
-        print(f"val {v.images}: {len(stems)} images")
+        images = list(dict.fromkeys(o.image_path for o in val_objects))
+        mask_of = _by_stem(root / v.masks, MASK_SUFFIXES)
+        for image in images:
+            size = save_image(image, out / "val" / v.images / f"{image.stem}.jpg", args.long_side, args.quality)
+            save_mask(mask_of[image.stem], out / "val" / v.masks / f"{image.stem}.png", size)
+        print(f"val {v.images}: {len(images)} images")
         new = dataclasses.replace(new, val=dataclasses.replace(v, images=f"val/{v.images}", masks=f"val/{v.masks}"))
     (out / "config.yaml").write_text(
         f"# {args.config} on the compact data written by scripts/compact_training_data.py\n"
