@@ -1,0 +1,75 @@
+"""Choose among training candidates without looking at the COCO-MVal validation split.
+
+Runs `segany eval interactive`'s click protocol (network alone, long side 500, 20 clicks) for each
+checkpoint on the held-out tuning set of `scripts/refine_tuning.py`: COCO tiny val2017 instances of
+at least 2,500 px, which no training config uses, without the 2 photos that also hold a COCO-MVal
+validation object. The default takes every 3rd object.
+
+    python scripts/compare_checkpoints.py src/segany/weights/default.safetensors runs/a/last.pt runs/b/last.pt \\
+        --output docs/default_model/stage4_candidates.json
+
+Prints one JSON line per checkpoint and writes them all to --output (atomically). Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from refine_tuning import DATA, tuning_objects
+
+from segany import SamPredictor
+from segany.checkpoints import CheckpointError, load_model
+from segany.evaluate.interactive import EvalOptions, SamClicker, evaluate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="model files (.safetensors, .pth, a run's last.pt)")
+    p.add_argument("--every", type=int, default=3, help="every Nth object of the tuning set (default 3)")
+    p.add_argument("--output", help="write the results as one JSON file")
+    args = p.parse_args()
+    if not DATA.exists():
+        sys.exit(f"error: {DATA} is absent: this script needs the shared data beside the repository")
+    missing = [c for c in args.checkpoints if not Path(c).is_file()]
+    if missing:
+        sys.exit(f"error: no such checkpoint: {', '.join(missing)}")
+    objects = tuning_objects(args.every)
+    options = EvalOptions(max_clicks=20, long_side=500)
+    rows = []
+    for path in args.checkpoints:
+        try:
+            model = load_model(path)
+        except CheckpointError as exc:
+            sys.exit(f"error: {path}: {exc}")
+        t0 = time.time()
+        result = evaluate(SamClicker(SamPredictor(model)), objects, options, progress=False)
+        m = result["miou_at_clicks"]
+        row = {
+            "checkpoint": path, "objects": result["objects"], **{f"miou@{k}": m[str(k)] for k in (1, 2, 5, 10, 20)},
+            "noc85": result["noc85"], "noc85_failed": result["noc85_failed"],
+            "noc90": result["noc90"], "noc90_failed": result["noc90_failed"], "seconds": round(time.time() - t0),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.output:
+        doc = {"set": f"COCO tiny val2017, instances >= 2,500 px, every {args.every} (scripts/refine_tuning.py)",
+               "protocol": "network alone, long side 500, 20 clicks", "results": rows}
+        out = Path(args.output)
+        fd, tmp = tempfile.mkstemp(dir=out.parent or ".", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()
