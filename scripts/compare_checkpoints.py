@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,11 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from refine_tuning import DATA, tuning_objects
+from refine_tuning import DATA, summary_row, tuning_objects
 
 from segany import SamPredictor
 from segany.checkpoints import CheckpointError, load_model
 from segany.evaluate.interactive import EvalOptions, SamClicker, evaluate
+from segany.io import atomic_write_bytes
 
 
 def main() -> None:
@@ -40,35 +39,26 @@ def main() -> None:
     args = p.parse_args()
     if not DATA.exists():
         sys.exit(f"error: {DATA} is absent: this script needs the shared data beside the repository")
-    missing = [c for c in args.checkpoints if not Path(c).is_file()]
-    if missing:
-        sys.exit(f"error: no such checkpoint: {', '.join(missing)}")
+    # Every checkpoint is read before the first evaluation, so a bad path fails in seconds, not minutes in.
+    models = {}
+    for path in args.checkpoints:
+        try:
+            models[path] = load_model(path)
+        except CheckpointError as exc:
+            sys.exit(f"error: {exc}")
     objects = tuning_objects(args.every)
     options = EvalOptions(max_clicks=20, long_side=500)
     rows = []
-    for path in args.checkpoints:
-        try:
-            model = load_model(path)
-        except CheckpointError as exc:
-            sys.exit(f"error: {path}: {exc}")
+    for path, model in models.items():
         t0 = time.time()
         result = evaluate(SamClicker(SamPredictor(model)), objects, options, progress=False)
-        m = result["miou_at_clicks"]
-        row = {
-            "checkpoint": path, "objects": result["objects"], **{f"miou@{k}": m[str(k)] for k in (1, 2, 5, 10, 20)},
-            "noc85": result["noc85"], "noc85_failed": result["noc85_failed"],
-            "noc90": result["noc90"], "noc90_failed": result["noc90_failed"], "seconds": round(time.time() - t0),
-        }
+        row = {"checkpoint": path, **summary_row(result, (1, 2, 5, 10, 20)), "seconds": round(time.time() - t0)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.output:
         doc = {"set": f"COCO tiny val2017, instances >= 2,500 px, every {args.every} (scripts/refine_tuning.py)",
                "protocol": "network alone, long side 500, 20 clicks", "results": rows}
-        out = Path(args.output)
-        fd, tmp = tempfile.mkstemp(dir=out.parent or ".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, out)
+        atomic_write_bytes(args.output, json.dumps(doc, indent=1).encode())
 
 
 if __name__ == "__main__":

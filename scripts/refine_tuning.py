@@ -52,6 +52,16 @@ def tuning_objects(every: int = 5):
     return [o for o in objects if o.key.split("#")[0] not in val_ids][::every]
 
 
+def summary_row(result: dict, clicks: tuple[int, ...] = (1, 5, 10, 20)) -> dict:
+    """The headline numbers of an `evaluate` result as one flat JSON row."""
+    m = result["miou_at_clicks"]
+    return {
+        "objects": result["objects"], **{f"miou@{k}": m[str(k)] for k in clicks},
+        "noc85": result["noc85"], "noc85_failed": result["noc85_failed"],
+        "noc90": result["noc90"], "noc90_failed": result["noc90_failed"],
+    }
+
+
 def grid(args: argparse.Namespace) -> None:
     objects = tuning_objects(args.every)
     predictor = SamPredictor(load_default_model())
@@ -61,12 +71,9 @@ def grid(args: argparse.Namespace) -> None:
         t0 = time.time()
         result = evaluate(SamClicker(predictor, ZoomIn() if args.zoom_in else None, refine), objects, options,
                           progress=False)
-        m = result["miou_at_clicks"]
         print(json.dumps({
             "band": refine.band if refine else None, "click_radius": refine.click_radius if refine else None,
-            "zoom_in": args.zoom_in, "objects": result["objects"], **{f"miou@{k}": m[str(k)] for k in (1, 5, 10, 20)},
-            "noc85": result["noc85"], "noc85_failed": result["noc85_failed"],
-            "noc90": result["noc90"], "noc90_failed": result["noc90_failed"], "seconds": round(time.time() - t0),
+            "zoom_in": args.zoom_in, **summary_row(result), "seconds": round(time.time() - t0),
         }), flush=True)
 
 
