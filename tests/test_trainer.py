@@ -16,7 +16,16 @@ import torch
 import yaml
 
 from segany.cli import main
-from segany.train.trainer import ConfigError, TrainConfig, Trainer, build_model, load_config, lr_factor, param_groups, read_training_checkpoint
+from segany.train.trainer import (
+    ConfigError,
+    TrainConfig,
+    Trainer,
+    build_model,
+    load_config,
+    lr_factor,
+    param_groups,
+    read_training_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,6 +116,27 @@ def test_resume_continues_exactly(tmp_path, data_dir):
     assert [e["step"] for e in log_b] == [1, 2, 3, 4]
     assert [e["train"]["loss"] for e in log_a] == [e["train"]["loss"] for e in log_b]
     assert (tmp_path / "b" / "final.safetensors").exists()
+
+
+def test_resume_does_not_need_the_init_checkpoint(tmp_path, data_dir):
+    """A run started from init_checkpoint resumes from its own last.pt after the init file is gone
+    (a later stage that continues an earlier one's folder, on a machine without the earlier weights)."""
+    from segany.checkpoints import save_model
+
+    init = tmp_path / "init.safetensors"
+    save_model(build_model(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "x"))), init)
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "run", init_checkpoint=str(init)))
+    Trainer(cfg, show_progress=False).fit(stop_at=2)
+    init.unlink()
+    with pytest.raises(Exception, match="init.safetensors"):
+        Trainer(cfg, show_progress=False)  # a fresh start still needs it
+    resumed = Trainer(cfg, resume=True, show_progress=False)
+    saved = read_training_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert resumed.step == 2
+    for k, v in resumed.sam.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    resumed.fit()
+    assert read_training_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
 
 
 def test_a_training_state_loads_as_a_model(tmp_path, data_dir, coco_photo):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import signal
@@ -33,7 +32,7 @@ from ..io import atomic_write_bytes
 from ..modeling import CONFIGS, Sam, SamConfig, build_sam
 from .data import COCO_ID, AugmentConfig, DataSource, ImageRecord, InteractiveDataset, load_source, read_folder_pairs
 from .losses import LossWeights, interactive_loss, upsample_logits
-from .prompts import FIRST, MASK, POINT, error_points, foreground_points, interaction_schedule, noisy_boxes
+from .prompts import FIRST, POINT, error_points, foreground_points, interaction_schedule, noisy_boxes
 
 
 class ConfigError(ValueError):
@@ -91,7 +90,7 @@ class TrainConfig:
     workers: int = 0  # processes that prepare batches ahead (0: in the training process)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -147,7 +146,9 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 # Model, optimizer, schedule
 
 
-def build_model(cfg: TrainConfig) -> Sam:
+def build_model(cfg: TrainConfig, load_init: bool = True) -> Sam:
+    """The config's architecture, with cfg.init_checkpoint's weights when load_init (a resumed run
+    replaces every weight from its last.pt, so it neither reads nor needs the init checkpoint)."""
     if isinstance(cfg.model, str):
         if cfg.model not in CONFIGS:
             raise ConfigError(f"unknown model {cfg.model!r}; choose one of {sorted(CONFIGS)} or give SamConfig fields")
@@ -157,7 +158,7 @@ def build_model(cfg: TrainConfig) -> Sam:
             arch = SamConfig.from_dict(dict(cfg.model))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"bad model config: {e}") from None
-    if cfg.init_checkpoint:
+    if cfg.init_checkpoint and load_init:
         return load_model(cfg.init_checkpoint, config=arch, resize_positions=True)
     return build_sam(arch)
 
@@ -420,7 +421,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.show_progress = show_progress and self.dist.is_main
         torch.manual_seed(cfg.seed)
-        self.sam = build_model(cfg)
+        self.sam = build_model(cfg, load_init=not resume)
         set_trainable(self.sam, cfg)
         self.sam.to(self.device).train()
         self.step_module = InteractiveStep(self.sam, cfg)
