@@ -2,8 +2,8 @@
 
 Runs `segany eval interactive`'s click protocol (network alone, long side 500, 20 clicks) for each
 checkpoint on the held-out tuning set of `scripts/refine_tuning.py`: COCO tiny val2017 instances of
-at least 2,500 px, which no training config uses, without the 2 photos that also hold a COCO-MVal
-validation object. The default takes every 3rd object.
+at least 2,500 px, which no training config uses, without the 12 photos that COCO-MVal also holds
+(training or validation). The default takes every 3rd object (95).
 
     python scripts/compare_checkpoints.py src/segany/weights/default.safetensors runs/a/last.pt runs/b/last.pt \\
         --output docs/default_model/stage4_candidates.json
@@ -56,7 +56,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.output:
-        doc = {"set": f"COCO tiny val2017, instances >= 2,500 px, every {args.every} (scripts/refine_tuning.py)",
+        doc = {"set": f"COCO tiny val2017, instances >= 2,500 px, no COCO-MVal photo, every {args.every} (scripts/refine_tuning.py)",
                "protocol": "network alone, long side 500, 20 clicks", "results": rows}
         atomic_write_bytes(args.output, json.dumps(doc, indent=1).encode())
 

@@ -1,0 +1,57 @@
+"""Choosing among trained checkpoints (scripts/compare_checkpoints.py) on objects that neither the
+default model's training nor the COCO-MVal validation split uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_trainer import _env
+
+from segany.train.data import COCO_ID, load_source
+from segany.train.trainer import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "compare_checkpoints.py"
+WEIGHTS = REPO / "src" / "segany" / "weights"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=_env(), capture_output=True, text=True,
+                          timeout=600, check=False, cwd=REPO)
+
+
+def test_tuning_objects_are_held_out_from_training_and_validation(data_dir):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from refine_tuning import tuning_objects
+
+    objects = tuning_objects(3)
+    assert len(objects) == 95
+    photos = {o.key.split("#")[0] for o in objects}
+    assert all(len(p) == 12 and p.isdigit() for p in photos)  # COCO ids of val2017 photos
+    for name in ("default_train.yaml", "default_stage3.yaml", "default_stage4.yaml"):
+        cfg = load_config(WEIGHTS / name)
+        trained = set()
+        for source in cfg.data:
+            for record in load_source(source, cfg.data_root):
+                if m := COCO_ID.search(record.image_path.stem):
+                    trained.add(m.group(1))
+        assert trained and not photos & trained, name
+    val = {m.group(1) for p in (data_dir / "coco_mval" / "images").iterdir()
+           if (m := COCO_ID.search(p.stem)) and p.stem[-15:-13] >= "07"}
+    assert val and not photos & val
+
+
+def test_compare_checkpoints_runs_and_rejects_bad_files(tmp_path, data_dir):
+    bad = tmp_path / "nothing.pt"
+    done = _run(str(WEIGHTS / "default.safetensors"), str(bad))
+    assert done.returncode == 1 and "error:" in done.stderr and "Traceback" not in done.stderr
+    assert "nothing.pt" in done.stderr
+    out = tmp_path / "rows.json"
+    done = _run(str(WEIGHTS / "default.safetensors"), "--every", "60", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-800:]
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 1 and rows[0]["objects"] == 5  # 284 held-out objects, every 60th
+    assert all(0 < rows[0][f"miou@{k}"] <= 1 for k in (1, 5, 20)) and 1 <= rows[0]["noc90"] <= 20
