@@ -137,8 +137,11 @@ def test_bad_input(tmp_path, ref_checkpoint, folder, capsys):
     assert main(["everything", str(folder), "-o", str(tmp_path / "o"), "--points-per-side", "0"]) == 2
     assert main(["everything", str(folder), "-o", str(tmp_path / "o"), "--box-nms-thresh", "1.5"]) == 2
     assert main(["everything", str(folder), "-o", str(tmp_path / "o"), "--precision", "fp8"]) == 2
+    assert main(["everything", str(folder), "-o", str(tmp_path / "no_model")]) == 2
+    assert not (tmp_path / "no_model").exists()
     err = capsys.readouterr().err
     assert "input not found" in err and "no images" in err and "broken.jpg" in err
+    assert "no model given" in err and "default.safetensors" in err and "--pred-iou-thresh 0.2" in err
     assert "Traceback" not in err
     # A folder of only unreadable images: nothing succeeded.
     only_bad = tmp_path / "bad"

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import DEFAULT_MODEL
 from ..cli import UsageError
 from ..io import ImageReadError, read_image
 from .common import add_model_args, resolve_model
@@ -146,7 +147,13 @@ def run(args: argparse.Namespace) -> int:
 
     generator = None
     if todo and not (args.checkpoint or args.model):
-        raise UsageError("no model given: pass --checkpoint PATH or --model NAME")
+        # Unlike `segment`, no silent default: under the official filters the small shipped model keeps
+        # almost no masks, and an empty result would read as "nothing in the photo".
+        raise UsageError(
+            "no model given: pass --checkpoint PATH or --model NAME (the small shipped model,"
+            f" --checkpoint {DEFAULT_MODEL}, needs lower filters: --pred-iou-thresh 0.2"
+            " --stability-score-thresh 0.03)"
+        )
     if todo:
         output.mkdir(parents=True, exist_ok=True)
         progress = tqdm(todo, desc="everything", unit="image", file=sys.stderr)
