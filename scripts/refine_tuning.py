@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from segany.evaluate.interactive import (
 )
 from segany.io import read_image
 from segany.refine import EdgeRefine, refine_mask
+from segany.train.data import COCO_ID
 
 DATA = REPO.parent / "shared" / "data"
 VAL = r"(0[7-9]|1[0-9])_[0-9]{12}$"
@@ -49,8 +49,7 @@ VAL = r"(0[7-9]|1[0-9])_[0-9]{12}$"
 def tuning_objects(every: int = 5):
     """Every Nth held-out object: on no photo of COCO-MVal, whose training split the default model
     trains on and whose validation split the README reports (COCO-MVal's photos are COCO's)."""
-    mval_photos = {m.group(1) for f in (DATA / "coco_mval" / "images").iterdir()
-                   if (m := re.search(r"_([0-9]{12})$", f.stem))}
+    mval_photos = {m.group(1) for f in (DATA / "coco_mval" / "images").iterdir() if (m := COCO_ID.search(f.stem))}
     objects = load_coco_objects(DATA / "coco_tiny/annotations/instances_val2017.json", DATA / "coco_tiny/val2017",
                                 min_area=2500)
     return [o for o in objects if o.key.split("#")[0] not in mval_photos][::every]
