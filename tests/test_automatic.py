@@ -168,10 +168,12 @@ def test_decode_confident_keeps_the_prompts_that_pass(ref_model, img0, predictor
     assert torch.equal(prompts, want)
     torch.testing.assert_close(iou, iou_all, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(hyper, hyper_all[want], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(image, image_all[want], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(image.tokens, image_all.tokens[want], atol=1e-6, rtol=1e-6)
+    for block, block_all in zip(image.blocks, image_all.blocks):
+        torch.testing.assert_close(block.weights, block_all.weights[want], atol=1e-6, rtol=1e-6)
     # Nothing passes: no mask tokens are decoded at all.
     iou, prompts, hyper, image = decoder.decode_confident(sparse, float(iou_all.max()) + 1.0)
-    assert len(prompts) == 0 and hyper.shape == (0, 3, hyper_all.shape[-1]) and image.shape[0] == 0
+    assert len(prompts) == 0 and hyper.shape == (0, 3, hyper_all.shape[-1]) and len(image) == 0
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -185,7 +187,7 @@ def test_bf16_shared_image_decoder_agrees_with_fp32(ref_model, img0, predictor0,
     decoder = SharedImageMaskDecoder(ref_model, predictor0.features, dtype=torch.bfloat16)
     iou, hyper, image_tokens = decoder.decode_tokens(sparse, multimask_output=True)
     masks = decoder.upscale_masks(image_tokens, hyper)
-    assert image_tokens.dtype == torch.bfloat16
+    assert image_tokens.tokens.dtype == torch.bfloat16
     assert iou.dtype == masks.dtype == torch.float32 and masks.shape == want_masks.shape
     assert not torch.equal(masks, want_masks)  # reduced precision really ran
     assert (iou - want_iou).abs().max() < 0.02

@@ -22,6 +22,7 @@ re-associated); ``tests/test_automatic.py`` checks this against the module.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,44 @@ def _head_weights(linear: nn.Linear, num_heads: int) -> torch.Tensor:
     return linear.weight.reshape(num_heads, d // num_heads, c_in)
 
 
+@dataclass(frozen=True)
+class BlockUpdate:
+    """One two-way block's image-side step in factored form, per prompt: the block's output image
+    tokens are ``norm(x + weights^T token_out)`` for its input tokens x, where the norm's per-token
+    ``mean`` and ``rstd`` (1 / std) are kept."""
+
+    weights: torch.Tensor  # (B, h*n, N) image->token attention weights, as the tokens' rows
+    token_out: torch.Tensor  # (B, h*n, C) what each weight row adds to the image tokens
+    mean: torch.Tensor  # (B, N, 1)
+    rstd: torch.Tensor  # (B, N, 1)
+
+    def select(self, index: torch.Tensor | slice) -> BlockUpdate:
+        return BlockUpdate(self.weights[index], self.token_out[index], self.mean[index], self.rstd[index])
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """A batch of prompts' image tokens after the two-way blocks, as :meth:`SharedImageMaskDecoder.decode_tokens`
+    returns them for :meth:`SharedImageMaskDecoder.upscale_masks`.
+
+    ``blocks`` (prompts without a mask input only): every block's update in factored form. Each
+    block adds a low-rank update (attention weights over h*n prompt tokens) to the shared image
+    embedding and renormalises, so the first upscaling convolution, a per-pixel linear map, can be
+    applied to the embedding once per image and to the few update rows per prompt instead of to
+    every prompt's N tokens."""
+
+    tokens: torch.Tensor  # (B, N, C)
+    blocks: tuple[BlockUpdate, ...] | None = None
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, index: torch.Tensor | slice) -> ImageTokens:
+        """The prompts at ``index`` (a slice or an index tensor)."""
+        blocks = None if self.blocks is None else tuple(block.select(index) for block in self.blocks)
+        return ImageTokens(self.tokens[index], blocks)
+
+
 class SharedImageMaskDecoder:
     """Mask decoding of a batch of sparse prompts against one fixed image embedding.
 
@@ -104,7 +143,8 @@ class SharedImageMaskDecoder:
         self.grid = (h, w)
         self.features = features
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        self.src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        self.src = src
         self.pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
 
         # First block: the image tokens are the same for every prompt until its last step.
@@ -127,6 +167,28 @@ class SharedImageMaskDecoder:
         self.up_norm = norm
         self.up2_w = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.in_channels).to(dtype).contiguous()
         self.up2_b = conv2.bias.repeat(4).to(dtype)
+        self._fold_first_upscaling(conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels), conv1.bias.repeat(4), src)
+
+    def _fold_first_upscaling(self, weight: torch.Tensor, bias: torch.Tensor, src: torch.Tensor) -> None:
+        """Constants of the first upscaling convolution (per-pixel ``weight`` (D, C), ``bias`` (D,))
+        applied to the factored image tokens of prompts without a mask input.
+
+        With block l's norm weight g_l and bias b_l, H_l = g_l * g_l+1 * ... (the scale the later
+        norms put on block l's input) and G_l = H_l+1, the convolution of the last block's output
+        is F_last + bias, where F_-1 = src (W diag H_0)^T and
+            F_l = rstd_l * (F_l-1 + weights_l^T (token_out_l (W diag H_l)^T) - mean_l (W H_l)) + W (G_l b_l).
+        """
+        norms = [layer.norm4 for layer in self.transformer.layers]
+        scales = [torch.ones_like(norms[-1].weight)]  # G_l, from the last block back
+        for norm in reversed(norms[1:]):
+            scales.insert(0, scales[0] * norm.weight)
+        dtype = self.dtype
+        self.up1_p0 = (src[0] @ (weight * (scales[0] * norms[0].weight)).T).to(dtype).contiguous()  # (N, D)
+        self.up1_proj = [(weight * (g * norm.weight)).to(dtype) for g, norm in zip(scales, norms)]  # W diag H_l: (D, C)
+        self.up1_mean = [(weight @ (g * norm.weight)).to(dtype) for g, norm in zip(scales, norms)]  # W H_l: (D,)
+        shifts = [weight @ (g * norm.bias) for g, norm in zip(scales, norms)]  # W (G_l b_l): (D,)
+        self.up1_shift = [s.to(dtype) for s in shifts[:-1]]
+        self.up1_out_bias = (shifts[-1] + bias).to(dtype)
 
     # -- attention pieces -------------------------------------------------------------------
 
@@ -178,12 +240,12 @@ class SharedImageMaskDecoder:
         image: torch.Tensor,
         norm: nn.LayerNorm,
         overwrite: bool = False,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, BlockUpdate]:
         """Finish image->token attention from its weights (B, h*n, N) (softmax over each head's n
-        tokens) and return norm(image + attention). ``image`` may be (1, N, C) (shared) or (B, N, C).
-        The weights stay in the layout their scores were computed in; the products read them
-        transposed (no (N, h*n) copy). overwrite: ``image`` holds per-prompt tokens no longer needed,
-        so the sums are accumulated into it (on CPU) instead of a copy of it."""
+        tokens): norm(image + attention), and the step in factored form. ``image`` may be (1, N, C)
+        (shared) or (B, N, C). The weights stay in the layout their scores were computed in; the
+        products read them transposed (no (N, h*n) copy). overwrite: ``image`` holds per-prompt
+        tokens no longer needed, so the sums are accumulated into it (on CPU) instead of a copy of it."""
         b, n, _ = tokens.shape
         heads = attn.num_heads
         v = _heads(attn.v_proj(tokens), heads)  # (B, h, n, c)
@@ -193,25 +255,28 @@ class SharedImageMaskDecoder:
         # Each head's weights sum to one, so adding bias/heads to every row adds the bias once.
         token_out = (token_out + attn.out_proj.bias / heads).to(image.dtype).contiguous()
         if not _per_prompt(image):
-            return norm(torch.baddbmm(image.expand(b, -1, -1), weights_t.transpose(1, 2), token_out))
-        if overwrite:
+            updated = torch.baddbmm(image.expand(b, -1, -1), weights_t.transpose(1, 2), token_out)
+        elif overwrite:
             for i in range(b):
                 image[i].addmm_(weights_t[i].T, token_out[i])
-            return norm(image)
-        shared = image.shape[0] == 1
-        # Written in place into one buffer: stacking per-prompt results would copy 4 MiB per prompt.
-        updated = image.new_empty((b, *image.shape[1:]))
-        for i in range(b):
-            torch.addmm(image[0 if shared else i], weights_t[i].T, token_out[i], out=updated[i])
-        return norm(updated)
+            updated = image
+        else:
+            shared = image.shape[0] == 1
+            # Written in place into one buffer: stacking per-prompt results would copy 4 MiB per prompt.
+            updated = image.new_empty((b, *image.shape[1:]))
+            for i in range(b):
+                torch.addmm(image[0 if shared else i], weights_t[i].T, token_out[i], out=updated[i])
+        normed, mean, rstd = torch.native_layer_norm(updated, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return normed, BlockUpdate(weights_t, token_out, mean.to(image.dtype), rstd.to(image.dtype))
 
     # -- the two-way transformer --------------------------------------------------------------
 
     def _transformer(
         self, sparse_embeddings: torch.Tensor, dense_embeddings: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
         """The two-way blocks for a batch of prompts: tokens (B, n, C) after the last block, the
-        token positional embeddings (B, n, C) and the updated image tokens (B, N, C).
+        token positional embeddings (B, n, C) and the updated image tokens (B, N, C), with every
+        block's update in factored form for prompts without a mask input.
 
         dense_embeddings: (B, C, H, W) mask-prompt embeddings. Each prompt's image tokens then differ
         from the first block on, so that block runs per prompt too, folded like the later ones."""
@@ -223,6 +288,7 @@ class SharedImageMaskDecoder:
 
         queries, token_pe = tokens, tokens
         shared = dense_embeddings is None
+        updates: list[BlockUpdate] = []
         if shared:
             image: torch.Tensor = self.src  # (1, N, C) until the first block's last step
         else:
@@ -272,8 +338,9 @@ class SharedImageMaskDecoder:
                     scores = torch.baddbmm(bias, k_in_image_space, image_pos.transpose(1, 2))  # (B, h*n, N)
                     weights_t = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
             # After the first shared block the image tokens are this call's own per-prompt buffer.
-            image = self._image_to_tokens_update(i2t, weights_t, queries, image, layer.norm4, overwrite=not first_shared)
-        return queries, token_pe, image
+            image, update = self._image_to_tokens_update(i2t, weights_t, queries, image, layer.norm4, overwrite=not first_shared)
+            updates.append(update)
+        return queries, token_pe, ImageTokens(image, tuple(updates) if shared else None)
 
     def _final_tokens(
         self, queries: torch.Tensor, token_pe: torch.Tensor, image: torch.Tensor, image_pos: torch.Tensor, rows: list[int]
@@ -293,59 +360,106 @@ class SharedImageMaskDecoder:
         mlps = self.decoder.output_hypernetworks_mlps
         return torch.stack([mlps[i](mask_tokens[:, j]) for j, i in enumerate(mask_ids)], dim=1)
 
+    def _first_upscaling_factored(self, blocks: tuple[BlockUpdate, ...]) -> torch.Tensor:
+        """The first upscaling convolution (B*N, D) of prompts without a mask input, from the shared
+        embedding's product (computed once per image) and each block's few update rows: one product
+        with about blocks x (h*n + 2) inner columns per prompt instead of one with C (see
+        :meth:`_fold_first_upscaling`). Unrolled, the recursion is
+            S_0 * F_-1 + sum_l S_l * (weights_l^T R_l - mean_l k_l + e_l-1) + bias,   S_l = rstd_l * ... * rstd_last,
+        so the per-token scales go onto the rows of the few update columns."""
+        b, n_image = blocks[0].weights.shape[0], blocks[0].weights.shape[-1]
+        scale = torch.ones_like(blocks[0].rstd.transpose(1, 2))  # (B, 1, N)
+        rows_parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (what, scale) pairs, last block first
+        cols = []
+        for index in reversed(range(len(blocks))):
+            block = blocks[index]
+            scale = scale * block.rstd.transpose(1, 2)  # S_index
+            parts = [block.weights, -block.mean.transpose(1, 2)]
+            cols_l = [torch.matmul(block.token_out, self.up1_proj[index].T), self.up1_mean[index].expand(b, 1, -1)]
+            if index > 0:
+                parts.append(torch.ones_like(scale))
+                cols_l.append(self.up1_shift[index - 1].expand(b, 1, -1))
+            rows_parts = [(part, scale) for part in parts] + rows_parts
+            cols = cols_l + cols
+        cols.append(self.up1_out_bias.expand(b, 1, -1))
+        inner = sum(part.shape[1] for part, _ in rows_parts) + 1
+        rows = self.up1_p0.new_empty((b, inner, n_image))
+        start = 0
+        for part, part_scale in rows_parts:
+            torch.mul(part, part_scale, out=rows[:, start : start + part.shape[1]])
+            start += part.shape[1]
+        rows[:, -1] = 1.0
+        cols_all = torch.cat(cols, dim=1)  # (B, inner, D)
+        token_scale = scale.transpose(1, 2)  # S_0: (B, N, 1)
+        if _per_prompt(self.up1_p0):
+            x = self.up1_p0.new_empty((b, *self.up1_p0.shape))
+            for i in range(b):
+                torch.mul(self.up1_p0, token_scale[i], out=x[i])
+                x[i].addmm_(rows[i].T, cols_all[i])
+        else:
+            x = torch.baddbmm(self.up1_p0 * token_scale, rows.transpose(1, 2), cols_all)
+        return x.reshape(-1, x.shape[-1])
+
     # -- public -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def decode_tokens(
         self, sparse_embeddings: torch.Tensor, multimask_output: bool = True, dense_embeddings: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
         """Run the two-way transformer for a batch of prompts.
 
         sparse_embeddings: (B, n_prompt, C) from the prompt encoder; dense_embeddings: (B, C, H, W)
         from its mask input, or None for prompts without a mask (the no-mask embedding).
         Returns IoU predictions (B, M), hypernetwork weights (B, M, C/8) and the updated image
-        tokens (B, N, C) to pass to :meth:`upscale_masks`; M = 3 with multimask output, else 1.
+        tokens (B prompts of N x C) to pass to :meth:`upscale_masks`; M = 3 with multimask output, else 1.
         """
         queries, token_pe, image = self._transformer(sparse_embeddings, dense_embeddings)
         mask_ids = self._mask_ids(multimask_output)
         # Only the IoU token and the returned mask tokens are used after the final attention.
-        out = self._final_tokens(queries, token_pe, image, image + self.pos, [0] + [1 + i for i in mask_ids])
+        tokens = image.tokens
+        out = self._final_tokens(queries, token_pe, tokens, tokens + self.pos, [0] + [1 + i for i in mask_ids])
         iou = self.decoder.iou_prediction_head(out[:, 0])[:, mask_ids]
         return iou, self._hyper(out[:, 1:], mask_ids), image
 
     @torch.no_grad()
     def decode_confident(
         self, sparse_embeddings: torch.Tensor, min_iou: float, multimask_output: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ImageTokens]:
         """:meth:`decode_tokens` for prompts filtered by predicted IoU, as automatic mask
         generation does: the IoU token's final attention runs for every prompt, the mask tokens'
         only for the prompts with some IoU prediction above ``min_iou``.
 
         Returns IoU predictions (B, M) of all prompts, the indices (K,) of the prompts kept, and
-        their hypernetwork weights (K, M, C/8) and image tokens (K, N, C).
+        their hypernetwork weights (K, M, C/8) and image tokens (K prompts).
         """
         queries, token_pe, image = self._transformer(sparse_embeddings)
         mask_ids = self._mask_ids(multimask_output)
-        image_pos = image + self.pos
-        iou_token = self._final_tokens(queries, token_pe, image, image_pos, [0])[:, 0]
+        tokens = image.tokens
+        image_pos = tokens + self.pos
+        iou_token = self._final_tokens(queries, token_pe, tokens, image_pos, [0])[:, 0]
         iou = self.decoder.iou_prediction_head(iou_token)[:, mask_ids]
         prompts = (iou > min_iou).any(dim=1).nonzero().squeeze(1)
         if len(prompts) == 0:
             hyper = iou.new_zeros((0, len(mask_ids), self.up2_w.shape[0] // 4))
-            return iou, prompts, hyper, image[:0]
+            return iou, prompts, hyper, image.select(slice(0, 0))
         if len(prompts) < len(iou):  # gather the kept prompts (4 MiB of image tokens each); none to gather if all pass
-            queries, token_pe, image, image_pos = (t[prompts] for t in (queries, token_pe, image, image_pos))
-        mask_tokens = self._final_tokens(queries, token_pe, image, image_pos, [1 + i for i in mask_ids])
+            queries, token_pe, image_pos = (t[prompts] for t in (queries, token_pe, image_pos))
+            image = image.select(prompts)
+        mask_tokens = self._final_tokens(queries, token_pe, image.tokens, image_pos, [1 + i for i in mask_ids])
         return iou, prompts, self._hyper(mask_tokens, mask_ids), image
 
     @torch.no_grad()
-    def upscale_masks(self, image: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """Low-res mask logits (B, M, 4H, 4W) from updated image tokens (B, N, C) and
+    def upscale_masks(self, image: ImageTokens, hyper: torch.Tensor) -> torch.Tensor:
+        """Low-res mask logits (B, M, 4H, 4W) from updated image tokens (B prompts) and
         hypernetwork weights (B, M, C/8)."""
-        b = image.shape[0]
+        b = len(image)
         h, w = self.grid
         c1 = self.up_norm.weight.shape[0]
-        x = linear_act(image.reshape(-1, image.shape[-1]), self.up1_w, self.up1_b)  # (B*N, 4*c1)
+        if image.blocks is not None and len(image.blocks) == len(self.up1_proj):
+            x = self._first_upscaling_factored(image.blocks)  # (B*N, 4*c1)
+        else:
+            tokens = image.tokens
+            x = linear_act(tokens.reshape(-1, tokens.shape[-1]), self.up1_w, self.up1_b)  # (B*N, 4*c1)
         x = F.gelu(F.layer_norm(x.reshape(-1, c1), (c1,), self.up_norm.weight, self.up_norm.bias, self.up_norm.eps))
         x = linear_act(x, self.up2_w, self.up2_b, "gelu")  # (B*N*4, 4*c2)
         c2, m = hyper.shape[-1], hyper.shape[1]
