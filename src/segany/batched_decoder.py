@@ -6,9 +6,16 @@ most of that work is redundant:
 
 * In the first two-way block the image side has not been updated yet, so its key, value and
   query projections are the same for every prompt: they are computed once per image.
-* Later blocks project 4096 image tokens to attend to ~7 prompt tokens. Folding the projection
-  into the few tokens instead (``(X W^T) q = X (W q)``, and ``softmax(s) (X W^T) = (softmax(s) X) W^T``)
-  costs ``tokens x heads`` columns per image token instead of the projection width.
+* Each block adds a low-rank update to the image tokens (attention weights over the ~7 prompt
+  tokens of each head) and renormalises them. So a prompt's image tokens after any block are
+  ``scale * src' + rows^T cols + shift``: the shared embedding with a per-token scale, plus a few
+  dozen rows per block (:class:`FactoredTokens`). A linear map of them (the later blocks' key,
+  query and value projections, the first upscaling convolution) is then the map of the shared
+  embedding, computed once per image, plus a product with those few rows per prompt.
+* Prompts with a mask input have image tokens of their own from the start. Their later blocks
+  fold each projection into the few tokens instead (``(X W^T) q = X (W q)``, and
+  ``softmax(s) (X W^T) = (softmax(s) X) W^T``): ``tokens x heads`` columns per image token
+  instead of the projection width.
 * The final token-to-image attention only matters for the IoU token and the mask tokens that
   are returned; :meth:`SharedImageMaskDecoder.decode_confident` runs it for the IoU token first
   and for the mask tokens only of the prompts whose predicted IoU passes a threshold.
@@ -67,40 +74,135 @@ def _head_weights(linear: nn.Linear, num_heads: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class BlockUpdate:
-    """One two-way block's image-side step in factored form, per prompt: the block's output image
-    tokens are ``norm(x + weights^T token_out)`` for its input tokens x, where the norm's per-token
-    ``mean`` and ``rstd`` (1 / std) are kept."""
+    """One two-way block's image-side step, per prompt: the block's output image tokens are
+    ``norm(x + weights^T token_out)`` for its input tokens x; the norm's per-token ``mean`` and
+    ``rstd`` (1 / std) are kept."""
 
     weights: torch.Tensor  # (B, h*n, N) image->token attention weights, as the tokens' rows
     token_out: torch.Tensor  # (B, h*n, C) what each weight row adds to the image tokens
     mean: torch.Tensor  # (B, N, 1)
     rstd: torch.Tensor  # (B, N, 1)
 
-    def select(self, index: torch.Tensor | slice) -> BlockUpdate:
-        return BlockUpdate(self.weights[index], self.token_out[index], self.mean[index], self.rstd[index])
+
+@dataclass(frozen=True)
+class FactoredTokens:
+    """Per-prompt image tokens in factored form, for prompts without a mask input:
+
+        x = scale * (src * gain) + rows^T cols + shift
+
+    with the image's shared embedding ``src`` (N, C) and ``gain`` (C,) the product of the weights of
+    the norms applied so far (both known per image, so products with ``src * gain`` are computed
+    once); ``scale`` (B, N, 1) the product of the norms' per-token 1/std; and per prompt a few rows
+    (B, K, N) and columns (B, K, C): each block adds its attention rows, its mean and a shift row."""
+
+    scale: torch.Tensor  # (B, N, 1)
+    rows: torch.Tensor  # (B, K, N)
+    cols: torch.Tensor  # (B, K, C)
+    shift: torch.Tensor | None  # (C,), None for zero
+
+    @staticmethod
+    def after_first(update: BlockUpdate, norm: nn.LayerNorm) -> FactoredTokens:
+        """The tokens after the first block, whose input is the shared embedding itself."""
+        return FactoredTokens(torch.ones_like(update.rstd), update.weights.new_zeros((len(update.weights), 0, update.weights.shape[-1])),
+                              update.token_out.new_zeros((len(update.token_out), 0, update.token_out.shape[-1])), None).after(update, norm)
+
+    def after(self, update: BlockUpdate, norm: nn.LayerNorm) -> FactoredTokens:
+        """The tokens after one more block: norm(x + weights^T token_out)."""
+        b, _, n = self.rows.shape
+        dtype = self.rows.dtype
+        # x + w^T t - mean = scale * src' + [rows; w; -mean; 1]^T [cols; t; 1; shift], then * rstd and * gain.
+        rows = [self.rows, update.weights, -update.mean.transpose(1, 2)]
+        cols = [self.cols, update.token_out, self.cols.new_ones((b, 1, self.cols.shape[-1]))]
+        if self.shift is not None:
+            rows.append(self.rows.new_ones((b, 1, n)))
+            cols.append(self.shift.expand(b, 1, -1))
+        rstd = update.rstd
+        return FactoredTokens(
+            scale=self.scale * rstd,
+            rows=torch.cat(rows, dim=1).mul_(rstd.transpose(1, 2)),
+            cols=torch.cat(cols, dim=1).mul_(norm.weight.to(dtype)),
+            shift=norm.bias.to(dtype),
+        )
+
+    def select(self, index: torch.Tensor | slice) -> FactoredTokens:
+        return FactoredTokens(self.scale[index], self.rows[index], self.cols[index], self.shift)
+
+    def scores(self, q: torch.Tensor, weight: torch.Tensor, src_t: torch.Tensor, pos_t: torch.Tensor | None) -> torch.Tensor:
+        """Scores (B, h*n, N) of per-head queries q (B, h, n, c) against the projected tokens
+        W_h x (+ W_h pos): ``weight`` (h, c, C) the projection per head, ``src_t`` (h, c, N) the
+        projection of src * gain and ``pos_t`` (h, c, N) that of the positional encoding."""
+        b, h, n, c = q.shape
+        q_by_head = q.transpose(0, 1).reshape(h, b * n, c)
+        src_term = torch.bmm(q_by_head, src_t).reshape(h, b, n, -1).transpose(0, 1).reshape(b, h * n, -1)
+        q_full = torch.einsum("bhnc,hcd->bhnd", q, weight).reshape(b, h * n, -1)  # (B, h*n, C)
+        if pos_t is None:
+            out = src_term.mul_(self.scale.transpose(1, 2))
+        else:
+            pos_term = torch.bmm(q_by_head, pos_t).reshape(h, b, n, -1).transpose(0, 1).reshape(b, h * n, -1)
+            out = pos_term.addcmul_(src_term, self.scale.transpose(1, 2))
+        out = out.baddbmm_(torch.bmm(q_full, self.cols.transpose(1, 2)), self.rows)
+        if self.shift is not None:
+            out = out.add_((q_full @ self.shift).unsqueeze(-1))
+        return out
+
+    def pooled(self, weights: torch.Tensor, weight: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """Attention outputs (B, h, n, c) sum_i weights[., i] W_h x_i for per-head weights
+        (B, h*n, N) whose rows sum to one: ``weight`` (h, c, C) the value projection per head
+        (without its bias) and ``src`` (h, N, c) the projection of src * gain."""
+        b, _, n_image = weights.shape
+        h, c, _ = weight.shape
+        n = weights.shape[1] // h
+        scaled = (weights * self.scale.transpose(1, 2)).reshape(b, h, n, n_image).transpose(0, 1).reshape(h, b * n, n_image)
+        out = torch.bmm(scaled, src).reshape(h, b, n, c).transpose(0, 1)  # (B, h, n, c)
+        on_rows = torch.bmm(weights, self.rows.transpose(1, 2)).reshape(b, h, n, -1)  # (B, h, n, K)
+        cols = torch.einsum("bkd,hcd->bhkc", self.cols, weight)  # (B, h, K, c)
+        out = out + torch.matmul(on_rows, cols)
+        if self.shift is not None:
+            out = out + torch.einsum("hcd,d->hc", weight, self.shift).unsqueeze(1)
+        return out
+
+    def project(self, src_out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The per-token linear map x W^T + bias (B, N, D): ``src_out`` (N, D) = (src * gain) W^T."""
+        b = self.rows.shape[0]
+        cols = torch.matmul(self.cols, weight.T)  # (B, K, D)
+        if self.shift is not None:
+            bias = bias + weight @ self.shift
+        out = src_out.new_empty((b, *src_out.shape))
+        if _per_prompt(src_out):
+            for i in range(b):
+                torch.addcmul(bias, src_out, self.scale[i], out=out[i])
+                out[i].addmm_(self.rows[i].T, cols[i])
+            return out
+        return torch.baddbmm(torch.addcmul(bias, src_out, self.scale), self.rows.transpose(1, 2), cols)
 
 
 @dataclass(frozen=True)
 class ImageTokens:
     """A batch of prompts' image tokens after the two-way blocks, as :meth:`SharedImageMaskDecoder.decode_tokens`
-    returns them for :meth:`SharedImageMaskDecoder.upscale_masks`.
-
-    ``blocks`` (prompts without a mask input only): every block's update in factored form. Each
-    block adds a low-rank update (attention weights over h*n prompt tokens) to the shared image
-    embedding and renormalises, so the first upscaling convolution, a per-pixel linear map, can be
-    applied to the embedding once per image and to the few update rows per prompt instead of to
-    every prompt's N tokens."""
+    returns them for :meth:`SharedImageMaskDecoder.upscale_masks`: ``tokens`` (B, N, C), and for
+    prompts without a mask input the same tokens in factored form."""
 
     tokens: torch.Tensor  # (B, N, C)
-    blocks: tuple[BlockUpdate, ...] | None = None
+    factored: FactoredTokens | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def select(self, index: torch.Tensor | slice) -> ImageTokens:
         """The prompts at ``index`` (a slice or an index tensor)."""
-        blocks = None if self.blocks is None else tuple(block.select(index) for block in self.blocks)
-        return ImageTokens(self.tokens[index], blocks)
+        return ImageTokens(self.tokens[index], None if self.factored is None else self.factored.select(index))
+
+
+@dataclass(frozen=True)
+class _SharedProjections:
+    """Per-image products of the shared embedding (src * gain, for the gain of the norms before
+    an attention) with that attention's key (or query) and value projections, per head."""
+
+    key_weight: torch.Tensor  # (h, c, C) the key (or query) projection per head
+    key_src_t: torch.Tensor  # (h, c, N)
+    key_pos_t: torch.Tensor  # (h, c, N): the positional encoding's
+    value_weight: torch.Tensor | None = None  # (h, c, C)
+    value_src: torch.Tensor | None = None  # (h, N, c)
 
 
 class SharedImageMaskDecoder:
@@ -146,6 +248,7 @@ class SharedImageMaskDecoder:
         src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
         self.src = src
         self.pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        self.pos_fp32 = self.pos
 
         # First block: the image tokens are the same for every prompt until its last step.
         first = self.transformer.layers[0]
@@ -167,28 +270,40 @@ class SharedImageMaskDecoder:
         self.up_norm = norm
         self.up2_w = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.in_channels).to(dtype).contiguous()
         self.up2_b = conv2.bias.repeat(4).to(dtype)
-        self._fold_first_upscaling(conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels), conv1.bias.repeat(4), src)
 
-    def _fold_first_upscaling(self, weight: torch.Tensor, bias: torch.Tensor, src: torch.Tensor) -> None:
-        """Constants of the first upscaling convolution (per-pixel ``weight`` (D, C), ``bias`` (D,))
-        applied to the factored image tokens of prompts without a mask input.
+        # Prompts without a mask input: products of the shared embedding with every later
+        # projection, at the gain of the norms before it (see FactoredTokens).
+        layers = self.transformer.layers
+        gains = [torch.ones_like(layers[0].norm4.weight)]
+        for layer in layers:
+            gains.append(gains[-1] * layer.norm4.weight)
+        self.later_t2i = {i: self._shared_projections(src, gains[i], layers[i].cross_attn_token_to_image, True) for i in range(1, len(layers))}
+        self.later_i2t = {i: self._shared_projections(src, gains[i], layers[i].cross_attn_image_to_token, False) for i in range(1, len(layers))}
+        self.final_shared = self._shared_projections(src, gains[-1], self.transformer.final_attn_token_to_image, True)
+        self.up1_src = (src[0] @ (conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels) * gains[-1]).T).to(dtype)  # (N, D)
 
-        With block l's norm weight g_l and bias b_l, H_l = g_l * g_l+1 * ... (the scale the later
-        norms put on block l's input) and G_l = H_l+1, the convolution of the last block's output
-        is F_last + bias, where F_-1 = src (W diag H_0)^T and
-            F_l = rstd_l * (F_l-1 + weights_l^T (token_out_l (W diag H_l)^T) - mean_l (W H_l)) + W (G_l b_l).
-        """
-        norms = [layer.norm4 for layer in self.transformer.layers]
-        scales = [torch.ones_like(norms[-1].weight)]  # G_l, from the last block back
-        for norm in reversed(norms[1:]):
-            scales.insert(0, scales[0] * norm.weight)
-        dtype = self.dtype
-        self.up1_p0 = (src[0] @ (weight * (scales[0] * norms[0].weight)).T).to(dtype).contiguous()  # (N, D)
-        self.up1_proj = [(weight * (g * norm.weight)).to(dtype) for g, norm in zip(scales, norms)]  # W diag H_l: (D, C)
-        self.up1_mean = [(weight @ (g * norm.weight)).to(dtype) for g, norm in zip(scales, norms)]  # W H_l: (D,)
-        shifts = [weight @ (g * norm.bias) for g, norm in zip(scales, norms)]  # W (G_l b_l): (D,)
-        self.up1_shift = [s.to(dtype) for s in shifts[:-1]]
-        self.up1_out_bias = (shifts[-1] + bias).to(dtype)
+    def _shared_projections(self, src: torch.Tensor, gain: torch.Tensor, attn: Attention, keys: bool) -> _SharedProjections:
+        """The shared embedding's products for one attention: its key and value projections for
+        token->image attention (``keys``), its query projection for image->token attention."""
+        heads, dtype = attn.num_heads, self.dtype
+        x = src[0] * gain  # (N, C)
+        key = attn.k_proj if keys else attn.q_proj
+
+        def by_head_t(y: torch.Tensor) -> torch.Tensor:  # (N, h*c) -> (h, c, N)
+            return y.reshape(y.shape[0], heads, -1).permute(1, 2, 0).to(dtype).contiguous()
+
+        key_weight = _head_weights(key, heads).to(dtype)
+        key_src_t, key_pos_t = by_head_t(x @ key.weight.T), by_head_t(self.pos_fp32[0] @ key.weight.T)
+        if not keys:
+            return _SharedProjections(key_weight, key_src_t, key_pos_t)
+        value = x @ attn.v_proj.weight.T
+        return _SharedProjections(
+            key_weight,
+            key_src_t,
+            key_pos_t,
+            value_weight=_head_weights(attn.v_proj, heads).to(dtype),
+            value_src=value.reshape(value.shape[0], heads, -1).transpose(0, 1).to(dtype).contiguous(),
+        )
 
     # -- attention pieces -------------------------------------------------------------------
 
@@ -230,6 +345,22 @@ class SharedImageMaskDecoder:
         pooled_t = pooled_all.to(q.dtype).reshape(b, heads, n, -1)
         values = torch.einsum("bhnd,hcd->bhnc", pooled_t, _head_weights(attn.v_proj, heads))
         values = values + attn.v_proj.bias.reshape(heads, 1, -1)
+        return attn.out_proj(_merge_heads(values))
+
+    @staticmethod
+    def _tokens_to_factored_image(
+        attn: Attention, q_in: torch.Tensor, image: FactoredTokens, projections: _SharedProjections
+    ) -> torch.Tensor:
+        """Token queries (B, n, C) attending to factored image tokens (keys from image + positional
+        encoding, values from image), from the shared embedding's precomputed ``projections``."""
+        heads = attn.num_heads
+        q = _heads(attn.q_proj(q_in), heads)  # (B, h, n, c)
+        dtype = projections.key_src_t.dtype
+        # The key bias adds the same q . b_k to all of a query's scores: softmax drops it.
+        scores = image.scores((q * (1.0 / math.sqrt(q.shape[-1]))).to(dtype), projections.key_weight, projections.key_src_t, projections.key_pos_t)
+        assert projections.value_weight is not None and projections.value_src is not None
+        values = image.pooled(scores.softmax(dim=-1), projections.value_weight, projections.value_src).to(q.dtype)
+        values = values + attn.v_proj.bias.reshape(heads, 1, -1)  # the weights sum to one
         return attn.out_proj(_merge_heads(values))
 
     @staticmethod
@@ -288,7 +419,7 @@ class SharedImageMaskDecoder:
 
         queries, token_pe = tokens, tokens
         shared = dense_embeddings is None
-        updates: list[BlockUpdate] = []
+        factored: FactoredTokens | None = None
         if shared:
             image: torch.Tensor = self.src  # (1, N, C) until the first block's last step
         else:
@@ -307,6 +438,8 @@ class SharedImageMaskDecoder:
             first_shared = index == 0 and shared
             if first_shared:
                 attended = self._tokens_to_shared_image(t2i, queries + token_pe, self.first_k_t, self.first_v)
+            elif factored is not None:
+                attended = self._tokens_to_factored_image(t2i, queries + token_pe, factored, self.later_t2i[index])
             else:
                 image_pos = image + self.pos
                 attended = self._tokens_to_image(t2i, queries + token_pe, image, image_pos)
@@ -322,6 +455,13 @@ class SharedImageMaskDecoder:
                 k_by_head = k.transpose(0, 1).reshape(heads, b * n, -1)
                 scores = torch.bmm((k_by_head * scale).to(self.dtype), self.first_q_t)  # (h, B*n, N)
                 weights_t = scores.reshape(heads, b, n, -1).softmax(dim=2).transpose(0, 1).reshape(b, heads * n, -1)
+            elif factored is not None:
+                # (W_q x + b_q) . k with x = image + pe, from the factored image tokens.
+                projections = self.later_i2t[index]
+                scores = factored.scores((k * scale).to(self.dtype), projections.key_weight, projections.key_src_t, projections.key_pos_t)
+                bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k).reshape(b, -1, 1) * scale
+                scores = scores.add_(bias.to(self.dtype))
+                weights_t = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
             else:
                 # (W_q x + b_q) . k = x . (W_q^T k) + b_q . k, with x = image + pe.
                 k_in_image_space = torch.einsum("bhnc,hcd->bhnd", k, _head_weights(i2t.q_proj, heads)) * scale
@@ -339,18 +479,27 @@ class SharedImageMaskDecoder:
                     weights_t = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
             # After the first shared block the image tokens are this call's own per-prompt buffer.
             image, update = self._image_to_tokens_update(i2t, weights_t, queries, image, layer.norm4, overwrite=not first_shared)
-            updates.append(update)
-        return queries, token_pe, ImageTokens(image, tuple(updates) if shared else None)
+            if shared:
+                factored = FactoredTokens.after_first(update, layer.norm4) if factored is None else factored.after(update, layer.norm4)
+        return queries, token_pe, ImageTokens(image, factored)
 
     def _final_tokens(
-        self, queries: torch.Tensor, token_pe: torch.Tensor, image: torch.Tensor, image_pos: torch.Tensor, rows: list[int]
+        self, queries: torch.Tensor, token_pe: torch.Tensor, image: ImageTokens, image_pos: torch.Tensor | None, rows: list[int]
     ) -> torch.Tensor:
         """The final token->image attention for the token rows ``rows`` only: (B, len(rows), C).
-        Attention is per token row, so any subset gives the same rows as the whole."""
+        Attention is per token row, so any subset gives the same rows as the whole. ``image_pos``:
+        the image tokens + positional encoding, not needed for factored tokens."""
         final = self.transformer.final_attn_token_to_image
         q_sel = queries[:, rows]
-        attended = self._tokens_to_image(final, q_sel + token_pe[:, rows], image, image_pos)
+        if image.factored is not None:
+            attended = self._tokens_to_factored_image(final, q_sel + token_pe[:, rows], image.factored, self.final_shared)
+        else:
+            assert image_pos is not None
+            attended = self._tokens_to_image(final, q_sel + token_pe[:, rows], image.tokens, image_pos)
         return self.transformer.norm_final_attn(q_sel + attended)
+
+    def _image_pos(self, image: ImageTokens) -> torch.Tensor | None:
+        return None if image.factored is not None else image.tokens + self.pos
 
     def _mask_ids(self, multimask_output: bool) -> list[int]:
         return list(range(1, self.decoder.num_mask_tokens)) if multimask_output else [0]
@@ -359,46 +508,6 @@ class SharedImageMaskDecoder:
         """Hypernetwork weights (B, M, C/8) from the final mask tokens (B, M, C)."""
         mlps = self.decoder.output_hypernetworks_mlps
         return torch.stack([mlps[i](mask_tokens[:, j]) for j, i in enumerate(mask_ids)], dim=1)
-
-    def _first_upscaling_factored(self, blocks: tuple[BlockUpdate, ...]) -> torch.Tensor:
-        """The first upscaling convolution (B*N, D) of prompts without a mask input, from the shared
-        embedding's product (computed once per image) and each block's few update rows: one product
-        with about blocks x (h*n + 2) inner columns per prompt instead of one with C (see
-        :meth:`_fold_first_upscaling`). Unrolled, the recursion is
-            S_0 * F_-1 + sum_l S_l * (weights_l^T R_l - mean_l k_l + e_l-1) + bias,   S_l = rstd_l * ... * rstd_last,
-        so the per-token scales go onto the rows of the few update columns."""
-        b, n_image = blocks[0].weights.shape[0], blocks[0].weights.shape[-1]
-        scale = torch.ones_like(blocks[0].rstd.transpose(1, 2))  # (B, 1, N)
-        rows_parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (what, scale) pairs, last block first
-        cols = []
-        for index in reversed(range(len(blocks))):
-            block = blocks[index]
-            scale = scale * block.rstd.transpose(1, 2)  # S_index
-            parts = [block.weights, -block.mean.transpose(1, 2)]
-            cols_l = [torch.matmul(block.token_out, self.up1_proj[index].T), self.up1_mean[index].expand(b, 1, -1)]
-            if index > 0:
-                parts.append(torch.ones_like(scale))
-                cols_l.append(self.up1_shift[index - 1].expand(b, 1, -1))
-            rows_parts = [(part, scale) for part in parts] + rows_parts
-            cols = cols_l + cols
-        cols.append(self.up1_out_bias.expand(b, 1, -1))
-        inner = sum(part.shape[1] for part, _ in rows_parts) + 1
-        rows = self.up1_p0.new_empty((b, inner, n_image))
-        start = 0
-        for part, part_scale in rows_parts:
-            torch.mul(part, part_scale, out=rows[:, start : start + part.shape[1]])
-            start += part.shape[1]
-        rows[:, -1] = 1.0
-        cols_all = torch.cat(cols, dim=1)  # (B, inner, D)
-        token_scale = scale.transpose(1, 2)  # S_0: (B, N, 1)
-        if _per_prompt(self.up1_p0):
-            x = self.up1_p0.new_empty((b, *self.up1_p0.shape))
-            for i in range(b):
-                torch.mul(self.up1_p0, token_scale[i], out=x[i])
-                x[i].addmm_(rows[i].T, cols_all[i])
-        else:
-            x = torch.baddbmm(self.up1_p0 * token_scale, rows.transpose(1, 2), cols_all)
-        return x.reshape(-1, x.shape[-1])
 
     # -- public -----------------------------------------------------------------------------
 
@@ -416,8 +525,7 @@ class SharedImageMaskDecoder:
         queries, token_pe, image = self._transformer(sparse_embeddings, dense_embeddings)
         mask_ids = self._mask_ids(multimask_output)
         # Only the IoU token and the returned mask tokens are used after the final attention.
-        tokens = image.tokens
-        out = self._final_tokens(queries, token_pe, tokens, tokens + self.pos, [0] + [1 + i for i in mask_ids])
+        out = self._final_tokens(queries, token_pe, image, self._image_pos(image), [0] + [1 + i for i in mask_ids])
         iou = self.decoder.iou_prediction_head(out[:, 0])[:, mask_ids]
         return iou, self._hyper(out[:, 1:], mask_ids), image
 
@@ -434,18 +542,18 @@ class SharedImageMaskDecoder:
         """
         queries, token_pe, image = self._transformer(sparse_embeddings)
         mask_ids = self._mask_ids(multimask_output)
-        tokens = image.tokens
-        image_pos = tokens + self.pos
-        iou_token = self._final_tokens(queries, token_pe, tokens, image_pos, [0])[:, 0]
+        image_pos = self._image_pos(image)
+        iou_token = self._final_tokens(queries, token_pe, image, image_pos, [0])[:, 0]
         iou = self.decoder.iou_prediction_head(iou_token)[:, mask_ids]
         prompts = (iou > min_iou).any(dim=1).nonzero().squeeze(1)
         if len(prompts) == 0:
             hyper = iou.new_zeros((0, len(mask_ids), self.up2_w.shape[0] // 4))
             return iou, prompts, hyper, image.select(slice(0, 0))
         if len(prompts) < len(iou):  # gather the kept prompts (4 MiB of image tokens each); none to gather if all pass
-            queries, token_pe, image_pos = (t[prompts] for t in (queries, token_pe, image_pos))
+            queries, token_pe = queries[prompts], token_pe[prompts]
+            image_pos = None if image_pos is None else image_pos[prompts]
             image = image.select(prompts)
-        mask_tokens = self._final_tokens(queries, token_pe, image.tokens, image_pos, [1 + i for i in mask_ids])
+        mask_tokens = self._final_tokens(queries, token_pe, image, image_pos, [1 + i for i in mask_ids])
         return iou, prompts, self._hyper(mask_tokens, mask_ids), image
 
     @torch.no_grad()
@@ -455,8 +563,8 @@ class SharedImageMaskDecoder:
         b = len(image)
         h, w = self.grid
         c1 = self.up_norm.weight.shape[0]
-        if image.blocks is not None and len(image.blocks) == len(self.up1_proj):
-            x = self._first_upscaling_factored(image.blocks)  # (B*N, 4*c1)
+        if image.factored is not None:
+            x = image.factored.project(self.up1_src, self.up1_w, self.up1_b).reshape(-1, self.up1_w.shape[0])  # (B*N, 4*c1)
         else:
             tokens = image.tokens
             x = linear_act(tokens.reshape(-1, tokens.shape[-1]), self.up1_w, self.up1_b)  # (B*N, 4*c1)
