@@ -103,8 +103,14 @@ class FactoredTokens:
     @staticmethod
     def after_first(update: BlockUpdate, norm: nn.LayerNorm) -> FactoredTokens:
         """The tokens after the first block, whose input is the shared embedding itself."""
-        return FactoredTokens(torch.ones_like(update.rstd), update.weights.new_zeros((len(update.weights), 0, update.weights.shape[-1])),
-                              update.token_out.new_zeros((len(update.token_out), 0, update.token_out.shape[-1])), None).after(update, norm)
+        b, _, n = update.weights.shape
+        unchanged = FactoredTokens(
+            scale=torch.ones_like(update.rstd),
+            rows=update.weights.new_zeros((b, 0, n)),
+            cols=update.token_out.new_zeros((b, 0, update.token_out.shape[-1])),
+            shift=None,
+        )
+        return unchanged.after(update, norm)
 
     def after(self, update: BlockUpdate, norm: nn.LayerNorm) -> FactoredTokens:
         """The tokens after one more block: norm(x + weights^T token_out)."""
@@ -127,19 +133,16 @@ class FactoredTokens:
     def select(self, index: torch.Tensor | slice) -> FactoredTokens:
         return FactoredTokens(self.scale[index], self.rows[index], self.cols[index], self.shift)
 
-    def scores(self, q: torch.Tensor, weight: torch.Tensor, src_t: torch.Tensor, pos_t: torch.Tensor | None) -> torch.Tensor:
+    def scores(self, q: torch.Tensor, weight: torch.Tensor, src_t: torch.Tensor, pos_t: torch.Tensor) -> torch.Tensor:
         """Scores (B, h*n, N) of per-head queries q (B, h, n, c) against the projected tokens
-        W_h x (+ W_h pos): ``weight`` (h, c, C) the projection per head, ``src_t`` (h, c, N) the
+        W_h (x + pos): ``weight`` (h, c, C) the projection per head, ``src_t`` (h, c, N) the
         projection of src * gain and ``pos_t`` (h, c, N) that of the positional encoding."""
         b, h, n, c = q.shape
         q_by_head = q.transpose(0, 1).reshape(h, b * n, c)
         src_term = torch.bmm(q_by_head, src_t).reshape(h, b, n, -1).transpose(0, 1).reshape(b, h * n, -1)
+        pos_term = torch.bmm(q_by_head, pos_t).reshape(h, b, n, -1).transpose(0, 1).reshape(b, h * n, -1)
+        out = pos_term.addcmul_(src_term, self.scale.transpose(1, 2))
         q_full = torch.einsum("bhnc,hcd->bhnd", q, weight).reshape(b, h * n, -1)  # (B, h*n, C)
-        if pos_t is None:
-            out = src_term.mul_(self.scale.transpose(1, 2))
-        else:
-            pos_term = torch.bmm(q_by_head, pos_t).reshape(h, b, n, -1).transpose(0, 1).reshape(b, h * n, -1)
-            out = pos_term.addcmul_(src_term, self.scale.transpose(1, 2))
         out = out.baddbmm_(torch.bmm(q_full, self.cols.transpose(1, 2)), self.rows)
         if self.shift is not None:
             out = out.add_((q_full @ self.shift).unsqueeze(-1))
@@ -205,6 +208,30 @@ class _SharedProjections:
     value_src: torch.Tensor | None = None  # (h, N, c)
 
 
+def _shared_projections(x: torch.Tensor, pos: torch.Tensor, attn: Attention, keys: bool, dtype: torch.dtype) -> _SharedProjections:
+    """Per-image products for one attention of the shared embedding at a norm gain, ``x`` (N, C), and
+    of the positional encoding ``pos`` (N, C): its key and value projections for token->image
+    attention (``keys``), its query projection for image->token attention."""
+    heads = attn.num_heads
+    key = attn.k_proj if keys else attn.q_proj
+
+    def by_head_t(y: torch.Tensor) -> torch.Tensor:  # (N, h*c) -> (h, c, N)
+        return y.reshape(y.shape[0], heads, -1).permute(1, 2, 0).to(dtype).contiguous()
+
+    key_weight = _head_weights(key, heads).to(dtype)
+    key_src_t, key_pos_t = by_head_t(x @ key.weight.T), by_head_t(pos @ key.weight.T)
+    if not keys:
+        return _SharedProjections(key_weight, key_src_t, key_pos_t)
+    value = x @ attn.v_proj.weight.T
+    return _SharedProjections(
+        key_weight,
+        key_src_t,
+        key_pos_t,
+        value_weight=_head_weights(attn.v_proj, heads).to(dtype),
+        value_src=value.reshape(value.shape[0], heads, -1).transpose(0, 1).to(dtype).contiguous(),
+    )
+
+
 class SharedImageMaskDecoder:
     """Mask decoding of a batch of sparse prompts against one fixed image embedding.
 
@@ -241,14 +268,14 @@ class SharedImageMaskDecoder:
         ):
             raise ValueError("unexpected mask decoder upscaling layout")
 
-        _, c, h, w = features.shape
+        _, _, h, w = features.shape
         self.grid = (h, w)
         self.features = features
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
         self.src = src
-        self.pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
-        self.pos_fp32 = self.pos
+        pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+        self.pos = pos
 
         # First block: the image tokens are the same for every prompt until its last step.
         first = self.transformer.layers[0]
@@ -274,36 +301,19 @@ class SharedImageMaskDecoder:
         # Prompts without a mask input: products of the shared embedding with every later
         # projection, at the gain of the norms before it (see FactoredTokens).
         layers = self.transformer.layers
-        gains = [torch.ones_like(layers[0].norm4.weight)]
+        gains = [torch.ones_like(layers[0].norm4.weight)]  # gains[i]: product of the norm weights of blocks < i
         for layer in layers:
             gains.append(gains[-1] * layer.norm4.weight)
-        self.later_t2i = {i: self._shared_projections(src, gains[i], layers[i].cross_attn_token_to_image, True) for i in range(1, len(layers))}
-        self.later_i2t = {i: self._shared_projections(src, gains[i], layers[i].cross_attn_image_to_token, False) for i in range(1, len(layers))}
-        self.final_shared = self._shared_projections(src, gains[-1], self.transformer.final_attn_token_to_image, True)
-        self.up1_src = (src[0] @ (conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels) * gains[-1]).T).to(dtype)  # (N, D)
+        x = [src[0] * gain for gain in gains]  # (N, C) each
 
-    def _shared_projections(self, src: torch.Tensor, gain: torch.Tensor, attn: Attention, keys: bool) -> _SharedProjections:
-        """The shared embedding's products for one attention: its key and value projections for
-        token->image attention (``keys``), its query projection for image->token attention."""
-        heads, dtype = attn.num_heads, self.dtype
-        x = src[0] * gain  # (N, C)
-        key = attn.k_proj if keys else attn.q_proj
+        def shared(index: int, attn: Attention, keys: bool) -> _SharedProjections:
+            return _shared_projections(x[index], pos[0], attn, keys, dtype)
 
-        def by_head_t(y: torch.Tensor) -> torch.Tensor:  # (N, h*c) -> (h, c, N)
-            return y.reshape(y.shape[0], heads, -1).permute(1, 2, 0).to(dtype).contiguous()
-
-        key_weight = _head_weights(key, heads).to(dtype)
-        key_src_t, key_pos_t = by_head_t(x @ key.weight.T), by_head_t(self.pos_fp32[0] @ key.weight.T)
-        if not keys:
-            return _SharedProjections(key_weight, key_src_t, key_pos_t)
-        value = x @ attn.v_proj.weight.T
-        return _SharedProjections(
-            key_weight,
-            key_src_t,
-            key_pos_t,
-            value_weight=_head_weights(attn.v_proj, heads).to(dtype),
-            value_src=value.reshape(value.shape[0], heads, -1).transpose(0, 1).to(dtype).contiguous(),
-        )
+        self.later_t2i = {i: shared(i, layers[i].cross_attn_token_to_image, True) for i in range(1, len(layers))}
+        self.later_i2t = {i: shared(i, layers[i].cross_attn_image_to_token, False) for i in range(1, len(layers))}
+        self.final_shared = shared(len(layers), self.transformer.final_attn_token_to_image, True)
+        up1_w = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels)
+        self.up1_src = (x[-1] @ up1_w.T).to(dtype)  # (N, D)
 
     # -- attention pieces -------------------------------------------------------------------
 
