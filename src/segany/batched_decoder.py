@@ -12,7 +12,7 @@ most of that work is redundant:
   dozen rows per block (:class:`FactoredTokens`). A linear map of them (the later blocks' key,
   query and value projections, the first upscaling convolution) is then the map of the shared
   embedding, computed once per image, plus a product with those few rows per prompt.
-* Prompts with a mask input have image tokens of their own from the start. Their later blocks
+* Prompts with a mask input have image tokens of their own from the start. Their blocks
   fold each projection into the few tokens instead (``(X W^T) q = X (W q)``, and
   ``softmax(s) (X W^T) = (softmax(s) X) W^T``): ``tokens x heads`` columns per image token
   instead of the projection width.
