@@ -229,7 +229,6 @@ def test_fast_precisions_decode_in_bf16(ref_model):
 
 
 def test_upsampling_equals_the_official_interpolations(ref_model, img0):
-    import torch.nn.functional as F
 
     generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
     torch.manual_seed(0)
@@ -248,10 +247,8 @@ def test_upsampling_equals_the_official_interpolations(ref_model, img0):
         assert torch.equal(got > 0, want > 0), input_size
 
 
-@pytest.fixture(scope="module")
-def object_logits(data_dir):
-    """Low-res logits shaped like real masks: 24 COCO-MVal objects (blurred, +-8 scale) in the
-    top 192 rows of a 256x256 map (a 4:3 image), plus an empty and a full map."""
+def _object_maps(data_dir) -> list[np.ndarray]:
+    """24 COCO-MVal objects as 256x256 low-res logits (blurred, +-8 scale) in the top 192 rows (a 4:3 image)."""
     import cv2
 
     paths = sorted((data_dir / "coco_mval" / "masks").glob("*.png"))[::33][:24]
@@ -262,7 +259,13 @@ def object_logits(data_dir):
         out = np.full((256, 256), -8.0, np.float32)
         out[:192] = cv2.GaussianBlur(mask * 2 - 1, (0, 0), 2) * 8
         maps.append(out)
-    maps += [np.full((256, 256), -8.0, np.float32), np.full((256, 256), 8.0, np.float32)]
+    return maps
+
+
+@pytest.fixture(scope="module")
+def object_logits(data_dir):
+    """Low-res logits shaped like real masks (:func:`_object_maps`), plus an empty and a full map."""
+    maps = _object_maps(data_dir) + [np.full((256, 256), -8.0, np.float32), np.full((256, 256), 8.0, np.float32)]
     return torch.as_tensor(np.stack(maps))
 
 
@@ -282,6 +285,37 @@ def test_resized_stats_equal_full_size_computation(ref_model, object_logits, inp
         assert torch.equal(boxes, logits_to_boxes(full, threshold))
     # Noise-like logits (most blocks on an edge) are left to the full computation.
     assert stats(torch.randn(2, 256, 256) * 3, 0.0, 1.0) is None
+
+
+def test_blurry_logits_are_scored_at_full_size(data_dir):
+    """The shipped 512 px model's masks, enlarged 8x onto a 1024x768 photo, have wide bands near the
+    thresholds: scored block by block from the low-res logits they cost ~4x resizing them whole
+    (6.9 against 1.8 ms per mask, measured), so the low-res scoring leaves them to the full-size path;
+    sharp object logits at the same scale stay on the low-res path."""
+    import cv2
+
+    from segany import load_default_model
+
+    model = load_default_model()
+    image = cv2.cvtColor(cv2.imread(str(data_dir / "coco_tiny" / "val2017" / "000000005001.jpg")), cv2.COLOR_BGR2RGB)
+    image = cv2.resize(image, (1024, 768), interpolation=cv2.INTER_LINEAR)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    points = build_point_grid(4) * np.array([[1024, 768]])
+    coords = torch.as_tensor(predictor.transform.apply_coords(points, image.shape[:2]), dtype=torch.float)[:, None]
+    with torch.no_grad():
+        sparse, _ = model.prompt_encoder(points=(coords, torch.ones(coords.shape[:2], dtype=torch.int)), boxes=None, masks=None)
+    decoder = SharedImageMaskDecoder(model, predictor.features)
+    _, hyper, image_tokens = decoder.decode_tokens(sparse, multimask_output=True)
+    logits = decoder.upscale_masks(image_tokens, hyper).flatten(0, 1)  # (48, 128, 128)
+    low_res = model.prompt_encoder.mask_input_size
+    stats = ResizedLogitStats(low_res, model.image_encoder.img_size, tuple(predictor.input_size), (768, 1024), logits.device)
+    assert stats.enlarges
+    assert stats(logits, model.mask_threshold, 1.0) is None
+    # Real object shapes, sharp at this scale, are still scored from the low-res logits.
+    objects = torch.as_tensor(np.stack([cv2.resize(m, low_res[::-1], interpolation=cv2.INTER_AREA)
+                                        for m in _object_maps(data_dir)]))
+    assert stats(objects, model.mask_threshold, 1.0) is not None
 
 
 def test_full_size_scores_box_only_the_stable_masks(ref_model, object_logits):

@@ -26,9 +26,12 @@ from .modeling.sam import _resize_weights
 # Window extrema are compared with a threshold +- this margin (relative to the logits' magnitude),
 # far above the rounding of a convex combination of float32 values.
 _MARGIN = 1e-4
-# Above this share of output pixels in mixed blocks, the pixel-by-pixel part costs more than
-# resizing everything.
-MAX_MIXED_FRACTION = 0.2
+# Mixed blocks are evaluated as (P, Q) patches padded to the largest group, at ~20 ns per value on
+# CPU, against ~2-5 ns per output pixel for resizing whole maps with the banded products. Above this
+# many patch values per output pixel, resizing everything is cheaper: blurry logits (the 512 px
+# default model's, enlarged 8x: ~0.4 values per pixel) take the full-size path, sharp object logits
+# (~0.02-0.04, `bench/resized_stats.py`) stay here.
+MAX_MIXED_VALUES_PER_PIXEL = 0.2
 
 
 @dataclass
@@ -138,8 +141,8 @@ class ResizedLogitStats:
         """(K, h, w) low-res logits -> stability scores (K,) and XYXY int64 boxes (K, 4) of the
         resized logits thresholded at ``threshold`` (as ``stability_score`` and ``logits_to_boxes``).
 
-        Returns None when mixed blocks hold more than ``MAX_MIXED_FRACTION`` of the output pixels
-        (noise-like logits), where computing the full-size logits is cheaper."""
+        Returns None when the mixed blocks' patches would hold more than ``MAX_MIXED_VALUES_PER_PIXEL``
+        values per output pixel (blurry or noise-like logits), where computing the full-size logits is cheaper."""
         device = logits.device
         logits = logits.float()
         lo, hi = self._window_extrema(logits)
@@ -151,7 +154,8 @@ class ResizedLogitStats:
             mixed |= (hi > t - margin) & ~s
         # Decided before listing the mixed blocks: nonzero() over noise-like maps costs more than
         # the rest of the work.
-        if self._pixels(mixed).sum() > MAX_MIXED_FRACTION * len(logits) * self.output_pixels:
+        patch_values = int(mixed.sum()) * self.rows.weights.shape[1] * self.cols.weights.shape[1]
+        if patch_values > MAX_MIXED_VALUES_PER_PIXEL * len(logits) * self.output_pixels:
             return None
         k, g, h = mixed.nonzero(as_tuple=True)
         values = self._block_values(logits, k, g, h)  # NaN compares False: padding never counts
