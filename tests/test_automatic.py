@@ -229,6 +229,7 @@ def test_fast_precisions_decode_in_bf16(ref_model):
 
 
 def test_upsampling_equals_the_official_interpolations(ref_model, img0):
+    import torch.nn.functional as F
 
     generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
     torch.manual_seed(0)
