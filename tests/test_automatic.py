@@ -154,6 +154,36 @@ def test_shared_image_decoder_equals_mask_decoder(ref_model, img0, predictor0, m
     assert ((masks > 0) != (want_masks > 0)).float().mean() < 1e-4
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+def test_shared_image_decoder_any_depth(depth):
+    """The factored form accumulates rows block by block: decoders of other depths than the
+    official 2 (random weights, LayerNorm weights and biases perturbed so that the norms' gains and
+    shifts matter) give the module's masks too."""
+    from segany.modeling import SamConfig, build_sam
+
+    torch.manual_seed(depth)
+    config = SamConfig(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
+                       window_size=4, img_size=256, decoder_depth=depth, decoder_mlp_dim=256)
+    model = build_sam(config).eval()
+    with torch.no_grad():
+        for module in model.mask_decoder.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    features = torch.randn(1, 256, 16, 16)
+    coords = torch.rand(5, 2, 2) * 256
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=(coords, torch.ones(5, 2, dtype=torch.int)), boxes=None, masks=None)
+        want_masks, want_iou = model.mask_decoder(features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+    decoder = SharedImageMaskDecoder(model, features)
+    iou, hyper, image = decoder.decode_tokens(sparse, multimask_output=True)
+    assert image.factored is not None
+    assert image.factored.rows.shape[1] == sum(8 * (5 + sparse.shape[1]) + 1 + (i > 0) for i in range(depth))
+    masks = decoder.upscale_masks(image, hyper)
+    torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=1e-5)
+    assert (masks - want_masks).abs().max() <= 1e-5 * want_masks.abs().max()
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_factored_image_tokens_are_the_image_tokens(ref_model, img0, predictor0, batched, monkeypatch):
     """Prompts without a mask input carry their image tokens as scale * (src * gain) + rows^T cols
