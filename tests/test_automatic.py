@@ -185,6 +185,33 @@ def test_shared_image_decoder_any_depth(depth):
 
 
 @pytest.mark.parametrize("batched", [False, True])
+def test_mask_inputs_decode_as_the_module(ref_model, img0, predictor0, batched, monkeypatch):
+    """A mask input's embedding ends in a 1x1 convolution from 16 channels, so its image tokens are
+    factored from the start (the embedding's bias folded into the shared side, 16 rows per prompt):
+    the module's IoUs and masks, fed each prompt's first answer back."""
+    sparse, _ = _grid_prompts(ref_model, predictor0, img0, batched, monkeypatch, every=2)
+    decoder = SharedImageMaskDecoder(ref_model, predictor0.features)
+    _, hyper, image = decoder.decode_tokens(sparse, multimask_output=False)
+    mask_inputs = decoder.upscale_masks(image, hyper)  # (B, 1, 256, 256) low-res logits
+    pe = ref_model.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        _, dense = ref_model.prompt_encoder(points=None, boxes=None, masks=mask_inputs)
+        want_masks, want_iou = ref_model.mask_decoder(predictor0.features, pe, sparse, dense, True)
+    iou, hyper, image = decoder.decode_tokens(sparse, multimask_output=True, mask_inputs=mask_inputs)
+    assert image.factored is not None and image.factored.basis is not decoder.basis
+    masks = decoder.upscale_masks(image, hyper)
+    torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=1e-5)
+    assert (masks - want_masks).abs().max() <= 1e-5 * want_masks.abs().max()
+    assert ((masks > 0) != (want_masks > 0)).float().mean() < 1e-4
+    # The prompt encoder's dense embeddings give the same through the unfactored path.
+    iou_dense, hyper_dense, image_dense = decoder.decode_tokens(sparse, multimask_output=True, dense_embeddings=dense)
+    assert image_dense.factored is None
+    torch.testing.assert_close(iou_dense, iou, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        decoder.decode_tokens(sparse, dense_embeddings=dense, mask_inputs=mask_inputs)
+
+
+@pytest.mark.parametrize("batched", [False, True])
 def test_factored_image_tokens_are_the_image_tokens(ref_model, img0, predictor0, batched, monkeypatch):
     """Prompts without a mask input carry their image tokens as scale * (src * gain) + rows^T cols
     + shift, from which the later projections and the upscaling are computed: that sum must be

@@ -99,9 +99,10 @@ class FactoredTokens:
     rows: torch.Tensor  # (B, K, N)
     cols: torch.Tensor  # (B, K, C)
     shift: torch.Tensor | None  # (C,), None for zero
+    basis: SharedBasis  # the shared embedding and its products
 
     @staticmethod
-    def after_first(update: BlockUpdate, norm: nn.LayerNorm) -> FactoredTokens:
+    def after_first(update: BlockUpdate, norm: nn.LayerNorm, basis: SharedBasis) -> FactoredTokens:
         """The tokens after the first block, whose input is the shared embedding itself."""
         b, _, n = update.weights.shape
         unchanged = FactoredTokens(
@@ -109,6 +110,7 @@ class FactoredTokens:
             rows=update.weights.new_zeros((b, 0, n)),
             cols=update.token_out.new_zeros((b, 0, update.token_out.shape[-1])),
             shift=None,
+            basis=basis,
         )
         return unchanged.after(update, norm)
 
@@ -128,10 +130,11 @@ class FactoredTokens:
             rows=torch.cat(rows, dim=1).mul_(rstd.transpose(1, 2)),
             cols=torch.cat(cols, dim=1).mul_(norm.weight.to(dtype)),
             shift=norm.bias.to(dtype),
+            basis=self.basis,
         )
 
     def select(self, index: torch.Tensor | slice) -> FactoredTokens:
-        return FactoredTokens(self.scale[index], self.rows[index], self.cols[index], self.shift)
+        return FactoredTokens(self.scale[index], self.rows[index], self.cols[index], self.shift, self.basis)
 
     def scores(self, q: torch.Tensor, weight: torch.Tensor, src_t: torch.Tensor, pos_t: torch.Tensor) -> torch.Tensor:
         """Scores (B, h*n, N) of per-head queries q (B, h, n, c) against the projected tokens
@@ -194,6 +197,21 @@ class ImageTokens:
     def select(self, index: torch.Tensor | slice) -> ImageTokens:
         """The prompts at ``index`` (a slice or an index tensor)."""
         return ImageTokens(self.tokens[index], None if self.factored is None else self.factored.select(index))
+
+
+@dataclass(frozen=True)
+class SharedBasis:
+    """Per-image products of one shared embedding ``src`` (N, C) with every projection that
+    factored image tokens need, each at the gain of the norms before it: the key/value projections
+    of each block's token->image attention (``t2i``), the query projection of each block's
+    image->token attention (``i2t``), the final attention's, and the first upscaling convolution's
+    map (``up1``, (N, D))."""
+
+    src: torch.Tensor  # (N, C)
+    t2i: dict[int, _SharedProjections]
+    i2t: dict[int, _SharedProjections]
+    final: _SharedProjections
+    up1: torch.Tensor  # (N, D)
 
 
 @dataclass(frozen=True)
@@ -275,7 +293,7 @@ class SharedImageMaskDecoder:
         src = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
         self.src = src
         pos = model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
-        self.pos = pos
+        self.pos = self.pos_fp32 = pos
 
         # First block: the image tokens are the same for every prompt until its last step.
         first = self.transformer.layers[0]
@@ -299,21 +317,50 @@ class SharedImageMaskDecoder:
         self.up2_b = conv2.bias.repeat(4).to(dtype)
 
         # Prompts without a mask input: products of the shared embedding with every later
-        # projection, at the gain of the norms before it (see FactoredTokens).
-        layers = self.transformer.layers
+        # projection (see FactoredTokens); with a mask input, those of the embedding plus the mask
+        # embedding's bias, built on first use.
+        self._up1_weight = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels)
+        self.basis = self._basis(src[0], first_block=False)
+        self._mask_basis: SharedBasis | None = None
+        mask_out = model.prompt_encoder.mask_downscaling[-1]
+        # The mask embedding ends in a 1x1 convolution from a few channels: its output is low-rank per token.
+        self._mask_factored = isinstance(mask_out, nn.Conv2d) and mask_out.kernel_size == (1, 1) and mask_out.bias is not None
+
+    def _basis(self, src: torch.Tensor, first_block: bool) -> SharedBasis:
+        """The products of the shared embedding ``src`` (N, C), fp32. ``first_block``: also the
+        first block's (needed when the tokens are factored from the start, as with a mask input)."""
+        layers, dtype, pos = self.transformer.layers, self.dtype, self.pos_fp32[0]
         gains = [torch.ones_like(layers[0].norm4.weight)]  # gains[i]: product of the norm weights of blocks < i
         for layer in layers:
             gains.append(gains[-1] * layer.norm4.weight)
-        x = [src[0] * gain for gain in gains]  # (N, C) each
+        x = [src * gain for gain in gains]  # (N, C) each
+        blocks = range(0 if first_block else 1, len(layers))
+        return SharedBasis(
+            src=src.to(dtype),
+            t2i={i: _shared_projections(x[i], pos, layers[i].cross_attn_token_to_image, True, dtype) for i in blocks},
+            i2t={i: _shared_projections(x[i], pos, layers[i].cross_attn_image_to_token, False, dtype) for i in blocks},
+            final=_shared_projections(x[-1], pos, self.transformer.final_attn_token_to_image, True, dtype),
+            up1=(x[-1] @ self._up1_weight.T).to(dtype),
+        )
 
-        def shared(index: int, attn: Attention, keys: bool) -> _SharedProjections:
-            return _shared_projections(x[index], pos[0], attn, keys, dtype)
-
-        self.later_t2i = {i: shared(i, layers[i].cross_attn_token_to_image, True) for i in range(1, len(layers))}
-        self.later_i2t = {i: shared(i, layers[i].cross_attn_image_to_token, False) for i in range(1, len(layers))}
-        self.final_shared = shared(len(layers), self.transformer.final_attn_token_to_image, True)
-        up1_w = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels)
-        self.up1_src = (x[-1] @ up1_w.T).to(dtype)  # (N, D)
+    def _mask_tokens(self, mask_inputs: torch.Tensor) -> tuple[FactoredTokens, torch.Tensor]:
+        """Factored image tokens (rank = the mask embedding's last input channels) and the
+        materialised ones (B, N, C) of prompts with low-res mask inputs (B, 1, 4H, 4W)."""
+        downscaling = self.model.prompt_encoder.mask_downscaling
+        last = downscaling[-1]
+        if self._mask_basis is None:
+            src = (self.features + last.bias.reshape(1, -1, 1, 1)).flatten(2)[0].T  # (N, C)
+            self._mask_basis = self._basis(src, first_block=True)
+        basis = self._mask_basis
+        hidden = downscaling[:-1](mask_inputs)  # (B, k, H, W)
+        if hidden.shape[-2:] != self.grid:
+            raise ValueError(f"mask inputs {tuple(mask_inputs.shape)} do not fit a {self.grid} grid")
+        b = hidden.shape[0]
+        rows = hidden.flatten(2).to(self.dtype)  # (B, k, N)
+        cols = last.weight.reshape(last.out_channels, -1).T.to(self.dtype).expand(b, -1, -1)  # (B, k, C)
+        factored = FactoredTokens(torch.ones_like(rows[:, :1].transpose(1, 2)), rows, cols, None, basis)
+        tokens = torch.baddbmm(basis.src.expand(b, -1, -1), rows.transpose(1, 2), cols)
+        return factored, tokens
 
     # -- attention pieces -------------------------------------------------------------------
 
@@ -413,14 +460,19 @@ class SharedImageMaskDecoder:
     # -- the two-way transformer --------------------------------------------------------------
 
     def _transformer(
-        self, sparse_embeddings: torch.Tensor, dense_embeddings: torch.Tensor | None = None
+        self,
+        sparse_embeddings: torch.Tensor,
+        dense_embeddings: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
         """The two-way blocks for a batch of prompts: tokens (B, n, C) after the last block, the
         token positional embeddings (B, n, C) and the updated image tokens (B, N, C), with every
         block's update in factored form for prompts without a mask input.
 
         dense_embeddings: (B, C, H, W) mask-prompt embeddings. Each prompt's image tokens then differ
-        from the first block on, so that block runs per prompt too, folded like the later ones."""
+        from the first block on, so that block runs per prompt too, folded like the later ones.
+        mask_inputs: (B, 1, 4H, 4W) low-res masks instead, whose embedding is low-rank per token: the
+        image tokens are then factored from the start."""
         decoder, transformer = self.decoder, self.transformer
         b = sparse_embeddings.shape[0]
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -428,10 +480,16 @@ class SharedImageMaskDecoder:
         n = tokens.shape[1]
 
         queries, token_pe = tokens, tokens
-        shared = dense_embeddings is None
+        if mask_inputs is not None and dense_embeddings is not None:
+            raise ValueError("give dense_embeddings or mask_inputs, not both")
+        shared = dense_embeddings is None and mask_inputs is None
         factored: FactoredTokens | None = None
         if shared:
             image: torch.Tensor = self.src  # (1, N, C) until the first block's last step
+        elif mask_inputs is not None:
+            if len(mask_inputs) != b:
+                raise ValueError(f"{len(mask_inputs)} mask inputs for {b} prompts")
+            factored, image = self._mask_tokens(mask_inputs)
         else:
             if dense_embeddings.shape[0] != b or dense_embeddings.shape[-2:] != self.grid:
                 raise ValueError(f"dense embeddings {tuple(dense_embeddings.shape)} do not fit {b} prompts on a {self.grid} grid")
@@ -449,7 +507,7 @@ class SharedImageMaskDecoder:
             if first_shared:
                 attended = self._tokens_to_shared_image(t2i, queries + token_pe, self.first_k_t, self.first_v)
             elif factored is not None:
-                attended = self._tokens_to_factored_image(t2i, queries + token_pe, factored, self.later_t2i[index])
+                attended = self._tokens_to_factored_image(t2i, queries + token_pe, factored, factored.basis.t2i[index])
             else:
                 image_pos = image + self.pos
                 attended = self._tokens_to_image(t2i, queries + token_pe, image, image_pos)
@@ -467,7 +525,7 @@ class SharedImageMaskDecoder:
                 weights_t = scores.reshape(heads, b, n, -1).softmax(dim=2).transpose(0, 1).reshape(b, heads * n, -1)
             elif factored is not None:
                 # (W_q x + b_q) . k with x = image + pe, from the factored image tokens.
-                projections = self.later_i2t[index]
+                projections = factored.basis.i2t[index]
                 scores = factored.scores((k * scale).to(self.dtype), projections.key_weight, projections.key_src_t, projections.key_pos_t)
                 bias = torch.einsum("hc,bhnc->bhn", i2t.q_proj.bias.reshape(heads, -1), k).reshape(b, -1, 1) * scale
                 scores = scores.add_(bias.to(self.dtype))
@@ -489,8 +547,10 @@ class SharedImageMaskDecoder:
                     weights_t = scores.reshape(b, heads, n, -1).softmax(dim=2).reshape(b, heads * n, -1)
             # After the first shared block the image tokens are this call's own per-prompt buffer.
             image, update = self._image_to_tokens_update(i2t, weights_t, queries, image, layer.norm4, overwrite=not first_shared)
-            if shared:
-                factored = FactoredTokens.after_first(update, layer.norm4) if factored is None else factored.after(update, layer.norm4)
+            if shared and factored is None:
+                factored = FactoredTokens.after_first(update, layer.norm4, self.basis)
+            elif factored is not None:
+                factored = factored.after(update, layer.norm4)
         return queries, token_pe, ImageTokens(image, factored)
 
     def _final_tokens(
@@ -502,7 +562,7 @@ class SharedImageMaskDecoder:
         final = self.transformer.final_attn_token_to_image
         q_sel = queries[:, rows]
         if image.factored is not None:
-            attended = self._tokens_to_factored_image(final, q_sel + token_pe[:, rows], image.factored, self.final_shared)
+            attended = self._tokens_to_factored_image(final, q_sel + token_pe[:, rows], image.factored, image.factored.basis.final)
         else:
             assert image_pos is not None
             attended = self._tokens_to_image(final, q_sel + token_pe[:, rows], image.tokens, image_pos)
@@ -523,16 +583,26 @@ class SharedImageMaskDecoder:
 
     @torch.no_grad()
     def decode_tokens(
-        self, sparse_embeddings: torch.Tensor, multimask_output: bool = True, dense_embeddings: torch.Tensor | None = None
+        self,
+        sparse_embeddings: torch.Tensor,
+        multimask_output: bool = True,
+        dense_embeddings: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
         """Run the two-way transformer for a batch of prompts.
 
-        sparse_embeddings: (B, n_prompt, C) from the prompt encoder; dense_embeddings: (B, C, H, W)
-        from its mask input, or None for prompts without a mask (the no-mask embedding).
+        sparse_embeddings: (B, n_prompt, C) from the prompt encoder. For prompts with a mask, either
+        ``mask_inputs`` (B, 1, 4H, 4W), the low-res masks themselves (faster: their embedding is
+        low-rank per token when the prompt encoder's mask embedding ends in a 1x1 convolution, as
+        the official one does), or ``dense_embeddings`` (B, C, H, W) from the prompt encoder; neither
+        for prompts without a mask (the no-mask embedding).
         Returns IoU predictions (B, M), hypernetwork weights (B, M, C/8) and the updated image
         tokens (B prompts of N x C) to pass to :meth:`upscale_masks`; M = 3 with multimask output, else 1.
         """
-        queries, token_pe, image = self._transformer(sparse_embeddings, dense_embeddings)
+        if mask_inputs is not None and not self._mask_factored:
+            with torch.no_grad():
+                dense_embeddings, mask_inputs = self.model.prompt_encoder.mask_downscaling(mask_inputs), None
+        queries, token_pe, image = self._transformer(sparse_embeddings, dense_embeddings, mask_inputs)
         mask_ids = self._mask_ids(multimask_output)
         # Only the IoU token and the returned mask tokens are used after the final attention.
         out = self._final_tokens(queries, token_pe, image, self._image_pos(image), [0] + [1 + i for i in mask_ids])
@@ -574,7 +644,7 @@ class SharedImageMaskDecoder:
         h, w = self.grid
         c1 = self.up_norm.weight.shape[0]
         if image.factored is not None:
-            x = image.factored.project(self.up1_src, self.up1_w, self.up1_b).reshape(-1, self.up1_w.shape[0])  # (B*N, 4*c1)
+            x = image.factored.project(image.factored.basis.up1, self.up1_w, self.up1_b).reshape(-1, self.up1_w.shape[0])  # (B*N, 4*c1)
         else:
             tokens = image.tokens
             x = linear_act(tokens.reshape(-1, tokens.shape[-1]), self.up1_w, self.up1_b)  # (B*N, 4*c1)

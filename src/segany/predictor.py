@@ -257,16 +257,17 @@ class SamPredictor:
         return_logits: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         if not torch.is_grad_enabled():
-            # Folded decoding (see batched_decoder): the image side is shared by all prompts without
-            # a mask; with a mask prompt each prompt's image tokens start from its own dense embedding.
+            # Factored decoding (see batched_decoder): the image side is the shared embedding plus a
+            # few rows per prompt; a mask input's embedding enters as rows too, so the prompt
+            # encoder needs it only to count the prompts when there are no points or boxes.
+            only_mask = points is None and boxes is None
+            sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input if only_mask else None)
             decoder = self._shared_image_decoder()
-            iou_predictions, hyper, image = decoder.decode_tokens(
-                sparse, multimask_output, dense_embeddings=dense if mask_input is not None else None
-            )
+            iou_predictions, hyper, image = decoder.decode_tokens(sparse, multimask_output, mask_inputs=mask_input)
             low_res_masks = decoder.upscale_masks(image, hyper)
         else:
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res_masks, iou_predictions = self._full_decoder(sparse, dense, multimask_output)
         masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
         if not return_logits:
