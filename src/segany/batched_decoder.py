@@ -12,8 +12,11 @@ most of that work is redundant:
   dozen rows per block (:class:`FactoredTokens`). A linear map of them (the later blocks' key,
   query and value projections, the first upscaling convolution) is then the map of the shared
   embedding, computed once per image, plus a product with those few rows per prompt.
-* Prompts with a mask input have image tokens of their own from the start. Their blocks
-  fold each projection into the few tokens instead (``(X W^T) q = X (W q)``, and
+* A mask input's embedding ends in a 1x1 convolution from a few channels (16 in SAM), so its
+  image tokens are factored from the start too: a second shared embedding (the features plus that
+  convolution's bias) and those channels as rows.
+* Dense mask embeddings given directly have image tokens of their own from the start. Their
+  blocks fold each projection into the few tokens instead (``(X W^T) q = X (W q)``, and
   ``softmax(s) (X W^T) = (softmax(s) X) W^T``): ``tokens x heads`` columns per image token
   instead of the projection width.
 * The final token-to-image attention only matters for the IoU token and the mask tokens that
