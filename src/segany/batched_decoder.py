@@ -89,14 +89,15 @@ class BlockUpdate:
 
 @dataclass(frozen=True)
 class FactoredTokens:
-    """Per-prompt image tokens in factored form, for prompts without a mask input:
+    """Per-prompt image tokens in factored form:
 
         x = scale * (src * gain) + rows^T cols + shift
 
     with the image's shared embedding ``src`` (N, C) and ``gain`` (C,) the product of the weights of
     the norms applied so far (both known per image, so products with ``src * gain`` are computed
-    once); ``scale`` (B, N, 1) the product of the norms' per-token 1/std; and per prompt a few rows
-    (B, K, N) and columns (B, K, C): each block adds its attention rows, its mean and a shift row."""
+    once, in ``basis``); ``scale`` (B, N, 1) the product of the norms' per-token 1/std; and per
+    prompt a few rows (B, K, N) and columns (B, K, C): a mask input's embedding channels, if any,
+    then each block's attention rows, its mean and a shift row."""
 
     scale: torch.Tensor  # (B, N, 1)
     rows: torch.Tensor  # (B, K, N)
@@ -188,8 +189,8 @@ class FactoredTokens:
 @dataclass(frozen=True)
 class ImageTokens:
     """A batch of prompts' image tokens after the two-way blocks, as :meth:`SharedImageMaskDecoder.decode_tokens`
-    returns them for :meth:`SharedImageMaskDecoder.upscale_masks`: ``tokens`` (B, N, C), and for
-    prompts without a mask input the same tokens in factored form."""
+    returns them for :meth:`SharedImageMaskDecoder.upscale_masks`: ``tokens`` (B, N, C), and the
+    same tokens in factored form, except for prompts given as dense mask embeddings."""
 
     tokens: torch.Tensor  # (B, N, C)
     factored: FactoredTokens | None = None
@@ -259,8 +260,9 @@ class SharedImageMaskDecoder:
     Build once per image with the encoder features (1, C, H, W); then :meth:`decode_tokens`
     gives IoU predictions for a batch of prompts cheaply, and :meth:`upscale_masks` the low-res
     mask logits for the prompts that need them. Prompts without a mask use the decoder's no-mask
-    embedding, as in automatic mask generation; :meth:`decode_tokens` also takes mask prompts'
-    dense embeddings, whose image tokens are then per prompt from the first block on.
+    embedding, as in automatic mask generation; :meth:`decode_tokens` also takes mask prompts,
+    as low-res masks (factored like the others) or as dense embeddings (whose image tokens are then
+    per prompt from the first block on).
 
     dtype: the type of the image-side tensors and their products. ``torch.bfloat16`` halves their
     memory traffic and runs the products as bf16 matmuls (fp32 accumulation); the prompt tokens,
@@ -313,7 +315,8 @@ class SharedImageMaskDecoder:
         conv1, norm, act1, conv2, act2 = upscaling
         if not (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == act2.approximate == "none"):
             raise ValueError("unexpected mask decoder upscaling activations (exact GELU expected)")
-        self.up1_w = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels).to(dtype).contiguous()
+        self._up1_weight = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels)  # fp32, for the bases
+        self.up1_w = self._up1_weight.to(dtype).contiguous()
         self.up1_b = conv1.bias.repeat(4).to(dtype)
         self.up_norm = norm
         self.up2_w = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.in_channels).to(dtype).contiguous()
@@ -322,7 +325,6 @@ class SharedImageMaskDecoder:
         # Prompts without a mask input: products of the shared embedding with every later
         # projection (see FactoredTokens); with a mask input, those of the embedding plus the mask
         # embedding's bias, built on first use.
-        self._up1_weight = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.in_channels)
         self.basis = self._basis(src[0], first_block=False)
         self._mask_basis: SharedBasis | None = None
         mask_out = model.prompt_encoder.mask_downscaling[-1]
