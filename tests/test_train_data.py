@@ -179,3 +179,30 @@ def test_read_mask_file_binary_01(tmp_path):
     Image.fromarray(m).save(tmp_path / "a.png")
     out = read_mask_file(tmp_path / "a.png")
     assert out.shape == (1, 10, 12) and out.sum() == 12
+
+
+@pytest.mark.parametrize("suffix, dtype, mode", [(".png", np.uint16, None), (".tif", np.int32, "I")])
+def test_read_mask_file_label_maps(tmp_path, suffix, dtype, mode):
+    """16- and 32-bit integer masks are instance label maps: one object per non-zero value."""
+    labels = np.zeros((20, 30), dtype)
+    labels[2:6, 3:9] = 3
+    labels[10:12, 0:30] = 300
+    labels[15:20, 25:30] = 7
+    Image.fromarray(labels, mode=mode).save(tmp_path / f"labels{suffix}")
+    out = read_mask_file(tmp_path / f"labels{suffix}")
+    assert out.shape == (3, 20, 30) and out.dtype == np.uint8
+    for obj, value in zip(out, (3, 7, 300)):  # in label order
+        assert np.array_equal(obj == 1, labels == value) and not (obj == IGNORE).any()
+
+
+def test_read_mask_file_refuses_float_and_huge_label_maps(tmp_path, monkeypatch):
+    Image.fromarray(np.ones((8, 8), np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match="floating-point"):
+        read_mask_file(tmp_path / "f.tif")
+    labels = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(labels).save(tmp_path / "many.png")
+    import segany.train.data as data
+
+    monkeypatch.setattr(data, "MAX_LABEL_MASK_BYTES", 1000)
+    with pytest.raises(DataError, match="63 objects at 8x8.*split the image"):
+        read_mask_file(tmp_path / "many.png")

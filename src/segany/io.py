@@ -11,14 +11,42 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Guard against decompression bombs while still allowing large aerial/microscopy tiles.
 MAX_IMAGE_PIXELS = 200_000_000
+# Single-channel images of more than 8 bits per pixel (microscopy, remote sensing), as PIL opens
+# them: 16-bit and 32-bit integers, 32-bit floats. PIL's convert("RGB") clips their values at 255.
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Their values are stretched onto 0..255 between these percentiles of the finite values, so that a
+# few hot or saturated pixels do not leave the rest of the image black.
+STRETCH_PERCENTILES = (0.1, 99.9)
 
 
 class ImageReadError(ValueError):
     """A file is missing or is not a readable image."""
 
 
+def stretch_to_uint8(values: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
+    """A high-bit-depth (H, W) array as uint8: linear from the ``percentiles`` of its finite values
+    (0 below the low one, 255 above the high one); NaN and -inf give 0, +inf 255. Falls back to the
+    minimum and maximum when the percentiles coincide; a constant image gives zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.where(values == np.inf, 255, 0).astype(np.uint8)
+    low, high = np.percentile(finite, percentiles)
+    if high <= low:
+        low, high = finite.min(), finite.max()
+    if high <= low:
+        return np.where(values == np.inf, 255, 0).astype(np.uint8)
+    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB, applying its EXIF orientation."""
+    """Read an image as (H, W, 3) uint8 RGB, applying its EXIF orientation.
+
+    Single-channel images of more than 8 bits (16-bit PNG or TIFF, 32-bit integer or float TIFF) are
+    contrast-stretched onto 0..255 between the 0.1st and 99.9th percentiles of their values
+    (:func:`stretch_to_uint8`), so that 12-bit data in a 16-bit file or a float map is not clipped to
+    black or white. 8-bit and colour images keep their values."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"image not found: {path}")
@@ -29,6 +57,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
             if im.width * im.height > max_pixels:
                 raise ImageReadError(f"image too large ({im.width}x{im.height} pixels, limit {max_pixels}): {path}")
             im = ImageOps.exif_transpose(im)
+            if im.mode in HIGH_DEPTH_MODES:
+                return np.repeat(stretch_to_uint8(np.asarray(im))[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB")).copy()
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"not a readable image: {path} ({type(e).__name__})") from None

@@ -64,21 +64,44 @@ def read_mask_file(path: str | os.PathLike) -> np.ndarray:
     """(N, H, W) uint8 objects of one mask file.
 
     Palette ("P") images give one object per index other than 0 (background) and 255 (ignore);
-    other images are read as grayscale: 128 is ignore, any other non-zero value is the object.
+    16- and 32-bit integer images are instance label maps (as microscopy tools write them): one
+    object per non-zero value, no ignore value; other images are read as 8-bit grayscale: 128 is
+    ignore, any other non-zero value is the object.
     """
     with Image.open(path) as im:
         if im.mode == "P":
-            index = np.asarray(im)
-            ignore = index == 255
-            values = [v for v in np.unique(index) if v not in (0, 255)]
-            masks = np.stack([(index == v) for v in values]) if values else np.zeros((0, *index.shape), bool)
-            out = masks.astype(np.uint8)
-            out[:, ignore] = IGNORE
-            return out
+            return _label_masks(np.asarray(im), ignore_value=255, path=path)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            return _label_masks(np.asarray(im), ignore_value=None, path=path)
+        if im.mode == "F":
+            raise DataError(f"{path}: a floating-point image is not a mask (give 8-bit binary, palette or integer label masks)")
         gray = np.asarray(im.convert("L"))
     out = (gray > 0).astype(np.uint8)
     out[gray == 128] = IGNORE
     return out[None]
+
+
+# Object masks are one byte per pixel each: a label map of thousands of instances would need
+# gigabytes as a stack, so it is refused with a message instead of exhausting memory.
+MAX_LABEL_MASK_BYTES = 1 << 30
+
+
+def _label_masks(labels: np.ndarray, ignore_value: int | None, path: str | os.PathLike) -> np.ndarray:
+    """(N, H, W) uint8 objects of a label image: one per value other than 0 and ``ignore_value``,
+    whose pixels are IGNORE in every object."""
+    values = [v for v in np.unique(labels) if v != 0 and v != ignore_value]
+    if len(values) * labels.size > MAX_LABEL_MASK_BYTES:
+        raise DataError(
+            f"{path}: {len(values)} objects at {labels.shape[1]}x{labels.shape[0]} would take "
+            f"{len(values) * labels.size / 2**30:.1f} GiB as object masks (limit {MAX_LABEL_MASK_BYTES / 2**30:.0f} GiB); "
+            "split the image into tiles"
+        )
+    if not values:
+        return np.zeros((0, *labels.shape), np.uint8)
+    out = np.stack([labels == v for v in values]).astype(np.uint8)
+    if ignore_value is not None:
+        out[:, labels == ignore_value] = IGNORE
+    return out
 
 
 def _by_stem(folder: Path, suffixes: set[str]) -> dict[str, Path]:
