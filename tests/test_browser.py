@@ -196,3 +196,27 @@ def test_edges_tool_shows_the_refined_mask(default_server_url, coco_photo, tmp_p
     want = refine_mask(image, masks[0], points, labels)
     assert np.array_equal(page_mask, want) and not np.array_equal(want, masks[0])
     assert result["off"]["pressed"] == "false" and len(result["requests"]) == result["requestsBeforeOff"]
+
+
+def test_16_bit_tiff_is_shown_as_the_model_sees_it(default_server_url, coco_photo, tmp_path):
+    """Browsers cannot decode TIFF: the page draws the server's 8-bit rendering of a 16-bit TIFF
+    (read_image's stretch) and answers clicks on it as PyTorch does."""
+    from segany import load_default_model
+
+    gray = np.asarray(Image.open(coco_photo).convert("L"))
+    tiff = tmp_path / "raw.tif"
+    Image.fromarray(gray.astype(np.uint16) * 16 + 100).save(tiff)
+    out = tmp_path / "page"
+    out.mkdir()
+    result = run_page_script("annotate.mjs", default_server_url + "/", str(tiff), str(out), "0.47", "0.42")
+    h, w = result["size"]
+    assert (h, w) == gray.shape
+    # The canvas before any click shows the photo, not the white that clipping gives.
+    before = np.asarray(Image.open(out / "before.png").convert("L").resize((w, h)))
+    assert np.corrcoef(before.ravel().astype(float), gray.ravel().astype(float))[0, 1] > 0.95
+    page_mask = np.array(json.loads((out / "mask.json").read_text()), dtype=bool).reshape(h, w)
+    predictor = SamPredictor(load_default_model())
+    predictor.set_image(read_image(tiff))
+    masks, scores, _ = predictor.predict(np.array([result["imageXY"]]), np.array([1]), multimask_output=True)
+    best = masks[int(np.argmax(scores))]
+    assert best.any() and iou(page_mask, best) > 0.98

@@ -63,6 +63,25 @@ def test_upload_returns_an_id_and_size(uploaded, coco_photo):
     assert uploaded["file_name"] == coco_photo.name
 
 
+def test_view_is_the_image_the_model_sees(client, uploaded, coco_photo):
+    """Browser-readable uploads are drawn from the file; a 16-bit TIFF from the server's 8-bit
+    rendering (read_image's stretch), which is also what the model is given."""
+    assert uploaded["view"] == f"/api/images/{uploaded['image_id']}/file"
+    gray = np.asarray(Image.open(coco_photo).convert("L"))
+    buf = io.BytesIO()
+    Image.fromarray(gray.astype(np.uint16) * 16 + 100).save(buf, format="TIFF")
+    r = client.post("/api/images", files={"file": ("raw.tif", buf.getvalue(), "image/tiff")})
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["view"] == f"/api/images/{info['image_id']}/view.png"
+    view = client.get(info["view"])
+    assert view.status_code == 200 and view.headers["content-type"] == "image/png"
+    shown = np.asarray(Image.open(io.BytesIO(view.content)))
+    assert shown.shape == (*gray.shape, 3) and shown.std() > 0.8 * gray.std()  # not clipped to white
+    assert np.corrcoef(shown[..., 0].ravel().astype(float), gray.ravel().astype(float))[0, 1] > 0.99
+    assert client.get("/api/images/999999/view.png").status_code == 404
+
+
 def test_embedding_as_raw_float32_and_npy(client, uploaded, predictor):
     iid = uploaded["image_id"]
     r = client.get(f"/api/images/{iid}/embedding")

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..clicks import ClickSegmenter, ZoomIn
-from ..io import ImageReadError, read_image
+from ..io import HIGH_DEPTH_MODES, ImageReadError, read_image
 from ..masks import decode_rle, encode_rle
 from ..modeling import Sam
 from ..predictor import ImageEmbedding, SamPredictor
@@ -137,6 +137,9 @@ class ImageRecord:
     path: Path
     annotations: list[Annotation] = field(default_factory=list)
     next_annotation_id: int = 1
+    # Browsers cannot show the file as the model sees it (TIFF, or more than 8 bits per pixel):
+    # the page shows the server's 8-bit rendering (/view.png) instead.
+    converted: bool = False
 
     def image(self) -> np.ndarray:
         return read_image(self.path)
@@ -263,7 +266,7 @@ class SegmentService:
             raise ApiError(413, f"upload too large ({len(data)} bytes, limit {self.config.max_upload_bytes})")
         try:
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                width, height, fmt = im.width, im.height, im.format
+                width, height, fmt, mode = im.width, im.height, im.format, im.mode
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise ApiError(400, f"{name}: not a readable image") from None
         if fmt != expected and not (fmt == "MPO" and expected == "JPEG"):
@@ -279,7 +282,11 @@ class SegmentService:
             path.unlink(missing_ok=True)
             raise ApiError(400, f"{name}: not a readable image (truncated or corrupt)") from None
         h, w = image.shape[:2]  # after EXIF orientation
-        record = ImageRecord(ImageInfo(image_id, Path(name).name or f"image{image_id}", w, h), path)
+        record = ImageRecord(
+            ImageInfo(image_id, Path(name).name or f"image{image_id}", w, h),
+            path,
+            converted=fmt == "TIFF" or mode in HIGH_DEPTH_MODES,
+        )
         self.images.put(image_id, record, len(data))
         return record
 
@@ -629,6 +636,8 @@ def create_app(model: Sam, config: ServeConfig | None = None) -> FastAPI:
             "height": info.height,
             "annotations": len(record.annotations),
             "embedding_cached": info.id in service.embeddings,
+            # What the page should draw: the uploaded file, or the server's 8-bit rendering of it.
+            "view": f"/api/images/{info.id}/view.png" if record.converted else f"/api/images/{info.id}/file",
         }
 
     @app.get("/api/info", tags=["server"], summary="Model, limits and browser-decoding assets")
@@ -668,6 +677,17 @@ def create_app(model: Sam, config: ServeConfig | None = None) -> FastAPI:
     @app.get("/api/images/{image_id}/file", tags=["images"], summary="The uploaded file")
     def get_image_file(image_id: int) -> FileResponse:
         return FileResponse(service.image(image_id).path)
+
+    @app.get(
+        "/api/images/{image_id}/view.png",
+        tags=["images"],
+        summary="The image as the model sees it: 8-bit RGB PNG, EXIF orientation applied",
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def get_image_view(image_id: int) -> Response:
+        buf = io.BytesIO()
+        Image.fromarray(service.image(image_id).image()).save(buf, format="PNG", compress_level=1)
+        return Response(buf.getvalue(), media_type="image/png")
 
     @app.delete("/api/images/{image_id}", status_code=204, tags=["images"], summary="Forget an image")
     def delete_image(image_id: int) -> Response:

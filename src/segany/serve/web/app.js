@@ -647,6 +647,22 @@ function closeEverything() {
 
 // -- images ----------------------------------------------------------------------------------
 
+// What the page draws: the file itself when the browser can show it as the model sees it;
+// otherwise (TIFF, 16-bit or float images, or a file this browser cannot decode) the server's
+// 8-bit rendering.
+async function displayBitmap(file, info) {
+  if (info.view.endsWith("/file")) {
+    try {
+      return await createImageBitmap(file, { imageOrientation: "from-image" });
+    } catch (e) {
+      console.info(`decoding ${file.name} in the browser failed (${e}); using the server's rendering`);
+    }
+  }
+  const response = await fetch(`/api/images/${info.image_id}/view.png`);
+  if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+  return createImageBitmap(await response.blob());
+}
+
 async function openFile(file) {
   if (!file) return;
   if (!state.info.limits.content_types.includes(file.type)) {
@@ -658,7 +674,7 @@ async function openFile(file) {
     const form = new FormData();
     form.append("file", file, file.name);
     const info = await api("/api/images", { method: "POST", body: form });
-    const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    const bitmap = await displayBitmap(file, info);
     if (bitmap.width !== info.width || bitmap.height !== info.height) {
       throw new Error(`browser decoded ${bitmap.width}×${bitmap.height}, server ${info.width}×${info.height}`);
     }
