@@ -93,3 +93,46 @@ def test_segment_a_16_bit_image(capsys, tmp_path, gray_photo):
     gray_mask = np.asarray(Image.open(tmp_path / "gray_mask.png")) > 0
     assert raw_mask.any()
     assert (raw_mask & gray_mask).sum() / (raw_mask | gray_mask).sum() > 0.9
+
+
+def _png_with_orientation(path, array: np.ndarray, orientation: int) -> None:
+    """A PNG of ``array`` (8-bit through Pillow; 16-bit RGB through OpenCV, which Pillow cannot
+    write) carrying an EXIF orientation tag in an eXIf chunk."""
+    import struct
+    import zlib
+
+    import cv2
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    if array.dtype == np.uint8:
+        Image.fromarray(array).save(path, exif=exif)
+        return
+    assert cv2.imwrite(str(path), array[..., ::-1])
+    data = path.read_bytes()
+    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    end = data.rfind(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+def test_16_bit_colour_is_stretched_with_its_colours(tmp_path, coco_photo):
+    rgb = np.asarray(Image.open(coco_photo).convert("RGB"))
+    raw = rgb.astype(np.uint16) * 16 + 100  # 12-bit colour in a 16-bit PNG
+    _png_with_orientation(tmp_path / "raw.png", raw, 1)
+    assert np.asarray(Image.open(tmp_path / "raw.png").convert("RGB")).max() < 20  # Pillow: the top byte, black
+    image = read_image(tmp_path / "raw.png")
+    assert image.shape == rgb.shape and image.dtype == np.uint8
+    # One linear map for all three channels: colours keep their balance.
+    slope, offset = np.polyfit(rgb.ravel().astype(float), image.ravel().astype(float), 1)
+    assert np.abs(rgb * slope + offset - image).mean() < 1.0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16_bit_colour_follows_exif_orientation(tmp_path, orientation):
+    rgb = np.random.default_rng(orientation).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    rgb[0, 0], rgb[-1, -1] = 0, 255
+    _png_with_orientation(tmp_path / "a8.png", rgb, orientation)
+    _png_with_orientation(tmp_path / "a16.png", rgb.astype(np.uint16) * 257, orientation)
+    assert Image.open(tmp_path / "a16.png").getexif().get(0x0112) == orientation
+    assert np.array_equal(read_image(tmp_path / "a16.png"), read_image(tmp_path / "a8.png"))

@@ -80,6 +80,12 @@ def test_view_is_the_image_the_model_sees(client, uploaded, coco_photo):
     assert shown.shape == (*gray.shape, 3) and shown.std() > 0.8 * gray.std()  # not clipped to white
     assert np.corrcoef(shown[..., 0].ravel().astype(float), gray.ravel().astype(float))[0, 1] > 0.99
     assert client.get("/api/images/999999/view.png").status_code == 404
+    # A 16-bit colour PNG: browsers would show its 12-bit data nearly black.
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.asarray(Image.open(coco_photo).convert("RGB")).astype(np.uint16) * 16)
+    r = client.post("/api/images", files={"file": ("raw.png", png.tobytes(), "image/png")})
+    assert r.status_code == 201 and r.json()["view"].endswith("/view.png")
 
 
 def test_embedding_as_raw_float32_and_npy(client, uploaded, predictor):

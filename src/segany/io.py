@@ -40,13 +40,53 @@ def stretch_to_uint8(values: np.ndarray, percentiles: tuple[float, float] = STRE
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def _decoded_bits(im: Image.Image) -> int:
+    """Bits per channel in the file, from the decoder's raw mode (Pillow opens 16-bit colour as 8-bit)."""
+    for tile in im.tile:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return 16
+    return 8
+
+
+def is_high_depth(im: Image.Image) -> bool:
+    """Whether an opened image has more than 8 bits per channel, so that :func:`read_image` stretches it."""
+    return im.mode in HIGH_DEPTH_MODES or (im.mode in ("RGB", "RGBA") and _decoded_bits(im) == 16)
+
+
+# EXIF orientation -> the numpy steps that undo it (as ImageOps.exif_transpose does).
+_ORIENTATION_STEPS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _read_16_bit_colour(path: Path, orientation: int) -> np.ndarray | None:
+    """A colour image of 16 bits per channel through OpenCV (which keeps them), stretched jointly
+    over its channels so that colours keep their balance; None if OpenCV cannot read it."""
+    import cv2
+
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
+        return None
+    rgb = data[..., 2::-1]  # BGR(A) -> RGB
+    rgb = _ORIENTATION_STEPS.get(orientation, lambda a: a)(rgb)
+    return np.ascontiguousarray(stretch_to_uint8(rgb))
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB, applying its EXIF orientation.
 
-    Single-channel images of more than 8 bits (16-bit PNG or TIFF, 32-bit integer or float TIFF) are
-    contrast-stretched onto 0..255 between the 0.1st and 99.9th percentiles of their values
-    (:func:`stretch_to_uint8`), so that 12-bit data in a 16-bit file or a float map is not clipped to
-    black or white. 8-bit and colour images keep their values."""
+    Images of more than 8 bits per channel (16-bit PNG or TIFF, grayscale or colour; 32-bit integer or
+    float TIFF) are contrast-stretched onto 0..255 between the 0.1st and 99.9th percentiles of their
+    values (:func:`stretch_to_uint8`; one range for all colour channels), so that 12-bit data in a
+    16-bit file or a float map is not clipped to black or white. 8-bit images keep their values."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"image not found: {path}")
@@ -56,6 +96,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise ImageReadError(f"image too large ({im.width}x{im.height} pixels, limit {max_pixels}): {path}")
+            if im.mode in ("RGB", "RGBA") and _decoded_bits(im) == 16:
+                colour = _read_16_bit_colour(path, im.getexif().get(0x0112, 1))
+                if colour is not None:
+                    return colour
             im = ImageOps.exif_transpose(im)
             if im.mode in HIGH_DEPTH_MODES:
                 return np.repeat(stretch_to_uint8(np.asarray(im))[..., None], 3, axis=2)

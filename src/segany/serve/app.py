@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..clicks import ClickSegmenter, ZoomIn
-from ..io import HIGH_DEPTH_MODES, ImageReadError, read_image
+from ..io import ImageReadError, is_high_depth, read_image
 from ..masks import decode_rle, encode_rle
 from ..modeling import Sam
 from ..predictor import ImageEmbedding, SamPredictor
@@ -266,7 +266,7 @@ class SegmentService:
             raise ApiError(413, f"upload too large ({len(data)} bytes, limit {self.config.max_upload_bytes})")
         try:
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                width, height, fmt, mode = im.width, im.height, im.format, im.mode
+                width, height, fmt, high_depth = im.width, im.height, im.format, is_high_depth(im)
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise ApiError(400, f"{name}: not a readable image") from None
         if fmt != expected and not (fmt == "MPO" and expected == "JPEG"):
@@ -285,7 +285,7 @@ class SegmentService:
         record = ImageRecord(
             ImageInfo(image_id, Path(name).name or f"image{image_id}", w, h),
             path,
-            converted=fmt == "TIFF" or mode in HIGH_DEPTH_MODES,
+            converted=fmt == "TIFF" or high_depth,
         )
         self.images.put(image_id, record, len(data))
         return record
