@@ -420,6 +420,27 @@ def test_output_modes_agree(generator, img0):
     assert ious == sorted(ious, reverse=True) and min(ious) > 0.5
 
 
+@pytest.mark.parametrize("output_mode", ["coco_rle", "binary_mask"])
+@pytest.mark.parametrize("min_region", [0, 400])
+def test_final_masks_in_chunks(generator, img0, monkeypatch, output_mode, min_region):
+    """Full-size masks are built, cleaned and encoded a few at a time (bounded memory for large
+    images): two masks per chunk gives the records of one chunk for all, clean-up's NMS included."""
+    import segany.automatic as automatic
+
+    kwargs = dict(output_mode=output_mode, min_mask_region_area=min_region)
+    whole = small_run(generator, img0, **kwargs)
+    monkeypatch.setattr(automatic, "_FINAL_CHUNK_PIXELS", 2 * img0.shape[0] * img0.shape[1] + 5)
+    chunked = small_run(generator, img0, **kwargs)
+    assert len(whole) > 4 and len(chunked) == len(whole)
+    for a, b in zip(whole, chunked):
+        assert a.keys() == b.keys()
+        for key in a:
+            if output_mode == "binary_mask" and key == "segmentation":
+                np.testing.assert_array_equal(a[key], b[key])
+            else:
+                assert a[key] == b[key], key
+
+
 def test_explicit_point_grid_equals_points_per_side(generator, img0):
     by_side = small_run(generator, img0, output_mode="coco_rle")
     by_grid = small_run(

@@ -60,6 +60,10 @@ _UPSAMPLE_CHUNK_ELEMENTS = 2**21
 _CPU_DECODE_CHUNK_PROMPTS = 4
 # Masks scored at once from their low-res logits (see resized_stats).
 _STATS_CHUNK_MASKS = 64
+# Final full-size masks are built, cleaned, measured and encoded this many pixels (bytes) at a
+# time, so that a large image's masks never sit in memory all at once: 140 masks of a 48-megapixel
+# aerial photo are 6.7 GB as bool arrays.
+_FINAL_CHUNK_PIXELS = 256 << 20
 
 
 @dataclass
@@ -187,7 +191,6 @@ class SamAutomaticMaskGenerator:
             keep = batched_nms(boxes, scores, None, self.crop_nms_thresh).cpu()
             crop_of, row_of, boxes = crop_of[keep], row_of[keep], boxes[keep.to(boxes.device)]
 
-        masks = self._full_size_masks(crops, crop_of, row_of, (height, width))
         iou_preds = torch.cat([c.iou_preds for c in crops])
         stability = torch.cat([c.stability for c in crops])
         points = np.concatenate([c.points for c in crops]) if crops else np.zeros((0, 2))
@@ -196,12 +199,11 @@ class SamAutomaticMaskGenerator:
         points = points[flat.numpy()]
         crop_xyxy = torch.tensor([crops[i].crop_box for i in crop_of.tolist()], dtype=torch.int64).reshape(-1, 4)
 
-        if self.min_mask_region_area > 0 and len(masks) > 0:
-            masks, boxes, keep = self._clean_small_regions(masks)
+        segmentations, areas, boxes, keep = self._final_masks(crops, crop_of, row_of, boxes, (height, width))
+        if keep is not None:  # NMS after the small-region clean-up
             iou_preds, stability = iou_preds[keep.to(iou_preds.device)], stability[keep.to(stability.device)]
             points, crop_xyxy = points[keep.numpy()], crop_xyxy[keep]
-
-        return self._records(masks, boxes, iou_preds, stability, points, crop_xyxy)
+        return self._records(segmentations, areas, boxes, iou_preds, stability, points, crop_xyxy)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -373,36 +375,65 @@ class SamAutomaticMaskGenerator:
                 masks[target[start : start + len(logits)], y0:y1, x0:x1] = logits > self.model.mask_threshold
         return masks
 
-    def _clean_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fill small holes and drop small islands (OpenCV), then rerun NMS preferring masks that
-        needed no change. Returns the kept masks, their boxes and their indices."""
-        cleaned, unchanged = [], []
-        for mask in masks.cpu().numpy():
-            new_mask, changed = clean_mask(mask, self.min_mask_region_area)
-            cleaned.append(new_mask)
-            unchanged.append(not changed)
-        new_masks = torch.as_tensor(np.stack(cleaned), device=masks.device)
-        boxes = masks_to_boxes(new_masks)
-        scores = torch.tensor(unchanged, dtype=torch.float, device=masks.device)
-        keep = nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
-        return new_masks[keep], boxes[keep], keep.cpu()
+    def _final_masks(
+        self,
+        crops: list[_CropResult],
+        crop_of: torch.Tensor,
+        row_of: torch.Tensor,
+        boxes: torch.Tensor,
+        size: tuple[int, int],
+    ) -> tuple[list[Any], list[int], torch.Tensor, torch.Tensor | None]:
+        """Segmentations (per ``output_mode``), areas and XYXY boxes of the kept masks, built at full
+        size a chunk at a time (``_FINAL_CHUNK_PIXELS``). With ``min_mask_region_area``, each mask
+        is cleaned (small holes filled, small islands dropped) and NMS runs again preferring the
+        masks that needed no change, as the official generator does: then ``keep`` gives the
+        surviving masks' indices, in that NMS's order, and the outputs are for those only."""
+        clean = self.min_mask_region_area > 0
+        chunk = max(1, _FINAL_CHUNK_PIXELS // max(1, size[0] * size[1]))
+        segmentations: list[Any] = []
+        areas: list[int] = []
+        box_parts: list[torch.Tensor] = []
+        unchanged: list[bool] = []
+        for start in range(0, len(crop_of), chunk):
+            part = slice(start, start + chunk)
+            masks = self._full_size_masks(crops, crop_of[part], row_of[part], size)
+            if clean:
+                cleaned = []
+                for mask in masks.cpu().numpy():
+                    new_mask, changed = clean_mask(mask, self.min_mask_region_area)
+                    cleaned.append(new_mask)
+                    unchanged.append(not changed)
+                masks = torch.as_tensor(np.stack(cleaned), device=masks.device)
+                box_parts.append(masks_to_boxes(masks))
+            areas.extend(mask_areas(masks).tolist())
+            segmentations.extend(self._encode(masks))
+            del masks
+        if not clean or not segmentations:
+            return segmentations, areas, boxes, None
+        boxes = torch.cat(box_parts)
+        scores = torch.tensor(unchanged, dtype=torch.float, device=boxes.device)
+        keep = nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh)).cpu()
+        order = keep.tolist()
+        return [segmentations[i] for i in order], [areas[i] for i in order], boxes[keep.to(boxes.device)], keep
+
+    def _encode(self, masks: torch.Tensor) -> list[Any]:
+        """(M, H, W) bool masks as the records' segmentations."""
+        if self.output_mode == "coco_rle":
+            return encode_rle_batch(masks)
+        if self.output_mode == "uncompressed_rle":
+            return masks_to_uncompressed_rle(masks)
+        return list(masks.cpu().numpy())
 
     def _records(
         self,
-        masks: torch.Tensor,
+        segmentations: list[Any],
+        areas: list[int],
         boxes: torch.Tensor,
         iou_preds: torch.Tensor,
         stability: torch.Tensor,
         points: np.ndarray,
         crop_boxes: torch.Tensor,
     ) -> list[dict[str, Any]]:
-        if self.output_mode == "coco_rle":
-            segmentations: list[Any] = encode_rle_batch(masks)
-        elif self.output_mode == "uncompressed_rle":
-            segmentations = masks_to_uncompressed_rle(masks)
-        else:
-            segmentations = list(masks.cpu().numpy())
-        areas = mask_areas(masks).tolist()
         bboxes = box_xyxy_to_xywh(boxes).tolist()
         crops = box_xyxy_to_xywh(crop_boxes).tolist()
         ious = iou_preds.tolist()

@@ -94,6 +94,12 @@ def rle_area(rle: dict[str, Any]) -> int:
 
 def mask_areas(masks: torch.Tensor) -> torch.Tensor:
     """(..., H, W) bool -> (...) int64 pixel counts."""
+    if masks.numel() == 0:
+        return torch.zeros(masks.shape[:-2], dtype=torch.int64, device=masks.device)
+    if masks.device.type == "cpu":
+        # numpy counts in place; torch's sum first copies the bools as int64 (8 bytes a pixel).
+        flat = masks.detach().reshape(-1, masks.shape[-2] * masks.shape[-1]).numpy()
+        return torch.from_numpy(np.count_nonzero(flat, axis=1).astype(np.int64)).reshape(masks.shape[:-2])
     return masks.flatten(-2).sum(-1, dtype=torch.int64)
 
 
