@@ -136,3 +136,26 @@ def test_overlay_of_no_masks_is_the_photo(tmp_path, data_dir):
     photo = np.asarray(Image.open(sorted((data_dir / "coco_mval" / "images").glob("*.jpg"))[0]).convert("RGB"))
     write_overlay(tmp_path / "overlay.png", photo, [])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "overlay.png")), photo)
+
+
+def test_pictures_decode_one_mask_at_a_time(records, image):
+    """Label maps and overlays read the records' masks one at a time (large images: never all at
+    once), in order of their areas, and draw what the decoded masks give."""
+    from segany.visualize import overlay_masks
+    from segany.writers import RecordMasks
+
+    class Counting(RecordMasks):
+        reads = 0
+
+        def __getitem__(self, index):
+            Counting.reads += 1
+            return super().__getitem__(index)
+
+    rle_records = [{**r, "segmentation": to_coco_rle(r["segmentation"])} for r in records]
+    masks = Counting(rle_records)
+    eager = [r["segmentation"] for r in records]
+    picture = overlay_masks(image, masks, areas=masks.areas())
+    assert Counting.reads == len(records)  # once each: the areas come from the records
+    assert np.array_equal(picture, overlay_masks(image, eager))
+    h, w = image.shape[:2]
+    assert np.array_equal(label_map(rle_records, h, w), label_map(records, h, w))

@@ -18,32 +18,52 @@ def mask_colors(n: int, seed: int = 0) -> np.ndarray:
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
 
 
+def mask_extent(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns of a (H, W) bool mask's bounding box, None for an empty mask: work on a
+    large image's mask can then stay inside it."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def overlay_masks(
     image: np.ndarray,
     masks: Sequence[np.ndarray] | np.ndarray,
     colors: np.ndarray | None = None,
     alpha: float = 0.5,
     outline: int = 2,
+    areas: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Blend boolean (H, W) masks over an RGB image, each in its colour with a darker outline.
 
-    Larger masks are drawn first so that small ones stay visible on top.
+    Larger masks are drawn first so that small ones stay visible on top. ``masks`` is read one item
+    at a time, once (twice without ``areas``, their pixel counts, which order the drawing), so a
+    sequence that decodes on access never holds them all; each mask is blended and outlined inside
+    its bounding box only.
     """
-    out = image.astype(np.float32).copy()
-    masks = [np.asarray(m, dtype=bool) for m in masks]
+    out = image.astype(np.float32)
+    n = len(masks)
     if colors is None:
-        colors = mask_colors(len(masks))
-    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+        colors = mask_colors(n)
+    if areas is None:
+        areas = [int(np.count_nonzero(masks[i])) for i in range(n)]
+    order = sorted(range(n), key=lambda i: -int(areas[i]))
+    contours = {}
     for i in order:
-        m = masks[i]
-        color = np.asarray(colors[i], dtype=np.float32)
-        out[m] = out[m] * (1 - alpha) + color * alpha
+        m = np.asarray(masks[i], dtype=bool)
+        extent = mask_extent(m)
+        if extent is None:
+            continue
+        crop, region = m[extent], out[extent]
+        region[crop] = region[crop] * (1 - alpha) + np.asarray(colors[i], dtype=np.float32) * alpha
+        if outline > 0:
+            offset = (int(extent[1].start), int(extent[0].start))
+            contours[i], _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=offset)
     out = out.clip(0, 255).astype(np.uint8)
-    if outline > 0:
-        for i in order:
-            contours, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            edge = tuple(int(c * 0.6) for c in colors[i])
-            cv2.drawContours(out, contours, -1, edge, outline)
+    for i in order:
+        if i in contours:
+            cv2.drawContours(out, contours[i], -1, tuple(int(c * 0.6) for c in colors[i]), outline)
     return out
 
 

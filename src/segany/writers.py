@@ -17,7 +17,7 @@ from PIL import Image
 
 from .io import atomic_write_bytes, save_png
 from .masks import decode_rle, encode_rle, uncompressed_rle_to_coco
-from .visualize import overlay_masks
+from .visualize import mask_extent, overlay_masks
 
 ANNOTATION_FIELDS = ("bbox", "area", "predicted_iou", "stability_score", "crop_box", "point_coords")
 
@@ -118,19 +118,41 @@ def coco_instances_document(images: Iterable[dict[str, Any]], category_name: str
     }
 
 
+class RecordMasks(Sequence[np.ndarray]):
+    """The records' masks as (H, W) bool arrays, decoded when accessed: writers that go through
+    the masks one at a time never hold them all (140 masks of a 48-megapixel photo are 6.7 GB)."""
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return to_mask(self.records[index]["segmentation"])
+
+    def areas(self) -> list[int]:
+        """Pixel counts: the records' ``area`` where given, else counted."""
+        return [int(r["area"]) if "area" in r else int(np.count_nonzero(self[i])) for i, r in enumerate(self.records)]
+
+
 def label_map(records: Sequence[dict[str, Any]], height: int, width: int) -> np.ndarray:
     """(H, W) label image: 0 is background, k is the k-th record (1-based).
 
     Larger masks are painted first, so where masks overlap the smaller one shows. uint8 when
-    there are fewer than 256 records, else uint16.
+    there are fewer than 256 records, else uint16. Masks are decoded one at a time.
     """
     dtype = np.uint8 if len(records) < 256 else np.uint16
     if len(records) >= 65536:
         raise ValueError(f"too many masks for a 16-bit label map: {len(records)}")
     labels = np.zeros((height, width), dtype=dtype)
-    masks = [to_mask(r["segmentation"]) for r in records]
-    for index in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
-        labels[masks[index]] = index + 1
+    masks = RecordMasks(records)
+    areas = masks.areas()
+    for index in sorted(range(len(masks)), key=lambda i: -areas[i]):
+        mask = masks[index]
+        extent = mask_extent(mask)
+        if extent is not None:
+            labels[extent][mask[extent]] = index + 1
     return labels
 
 
@@ -140,7 +162,8 @@ def write_label_png(path: str | os.PathLike, records: Sequence[dict[str, Any]], 
 
 def overlay_picture(image: np.ndarray, records: Sequence[dict[str, Any]]) -> np.ndarray:
     """The image with every mask in its own colour and outlined."""
-    return overlay_masks(image, [to_mask(r["segmentation"]) for r in records])
+    masks = RecordMasks(records)
+    return overlay_masks(image, masks, areas=masks.areas())
 
 
 def write_overlay(path: str | os.PathLike, image: np.ndarray, records: Sequence[dict[str, Any]]) -> None:
