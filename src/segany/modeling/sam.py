@@ -61,7 +61,12 @@ class _BandedResize:
 
     def cols(self, x: torch.Tensor) -> torch.Tensor:
         """(..., R, low) -> (..., R, out)."""
-        return torch.cat([x[..., c0:c1] @ w_t.to(x.dtype) for _, _, c0, c1, _, w_t in self.blocks], dim=-1)
+        # Each block's product is written into its columns of the output: concatenating the blocks
+        # instead cost ~1.6x as much (a second pass of short strided writes).
+        y = x.new_empty(*x.shape[:-1], self.out_size)
+        for o0, o1, c0, c1, _, w_t in self.blocks:
+            torch.matmul(x[..., c0:c1], w_t.to(x.dtype), out=y[..., o0:o1])
+        return y
 
 
 @functools.lru_cache(maxsize=16)
