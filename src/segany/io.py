@@ -23,21 +23,38 @@ class ImageReadError(ValueError):
     """A file is missing or is not a readable image."""
 
 
+# Percentiles are taken from a regular sample of at most this many values: as good for a contrast
+# stretch, and a 200-megapixel image needs no sorted copy of itself.
+STRETCH_SAMPLE = 1 << 22
+
+
 def stretch_to_uint8(values: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
-    """A high-bit-depth (H, W) array as uint8: linear from the ``percentiles`` of its finite values
-    (0 below the low one, 255 above the high one); NaN and -inf give 0, +inf 255. Falls back to the
-    minimum and maximum when the percentiles coincide; a constant image gives zeros."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.where(values == np.inf, 255, 0).astype(np.uint8)
-    low, high = np.percentile(finite, percentiles)
+    """A high-bit-depth array (any shape; colour channels share one range) as uint8: linear from the
+    ``percentiles`` of its finite values (0 below the low one, 255 above the high one; from a regular
+    sample of ``STRETCH_SAMPLE`` values for larger arrays); NaN and -inf give 0, +inf 255. Falls back
+    to the minimum and maximum when the percentiles coincide; a constant image gives zeros."""
+    values = np.asarray(values)
+    floating = np.issubdtype(values.dtype, np.floating)
+    flat = values.reshape(-1)
+    sample = flat[:: max(1, flat.size // STRETCH_SAMPLE)].astype(np.float64)
+    if floating:
+        sample = sample[np.isfinite(sample)]
+    low = high = 0.0
+    if sample.size:
+        low, high = np.percentile(sample, percentiles)
+    if high <= low:  # e.g. a few bright pixels on a flat background: the whole range
+        finite = flat[np.isfinite(flat)] if floating else flat
+        if finite.size:
+            low, high = float(finite.min()), float(finite.max())
     if high <= low:
-        low, high = finite.min(), finite.max()
-    if high <= low:
-        return np.where(values == np.inf, 255, 0).astype(np.uint8)
-    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return np.where(values == np.inf, 255, 0).astype(np.uint8) if floating else np.zeros(values.shape, np.uint8)
+    scaled = values.astype(np.float32)
+    if floating:
+        np.nan_to_num(scaled, copy=False, nan=low, posinf=high, neginf=low)
+    scaled -= np.float32(low)
+    scaled *= np.float32(255.0 / (high - low))
+    np.clip(scaled, 0, 255, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def _decoded_bits(im: Image.Image) -> int:
