@@ -131,3 +131,37 @@ def test_plot_legend_labels_stay_inside_the_plot(tmp_path):
     plot_curve({"/some/dir/" + "y" * 200 + ".safetensors": curve, "default": curve}, tmp_path / "c.png")
     pixels = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"))
     assert (pixels[:, -8:] == 255).all()  # nothing drawn in the right margin beyond the frame
+
+
+def test_cli_eval_on_label_maps_loads_one_object_at_a_time(tmp_path, data_dir, monkeypatch):
+    """A microscopy-style folder: 16-bit images and 16-bit instance label maps. Every instance is
+    an object; objects are counted and loaded one at a time, so a label map whose whole stack of
+    masks is refused still evaluates (with the default model)."""
+    import segany.train.data as data
+    from segany.train.data import read_coco
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    records = read_coco(data_dir / "coco_tiny/annotations/instances_val2017.json", data_dir / "coco_tiny/val2017", min_area=2500)
+    record = next(r for r in records if len(r.load_masks()) >= 3)
+    image, masks = record.load()
+    gray = np.asarray(Image.fromarray(image).convert("L")).astype(np.uint16) * 16 + 100
+    Image.fromarray(gray).save(tmp_path / "images" / "cells.tif")
+    labels = np.zeros(gray.shape, np.uint16)
+    for k, m in enumerate(masks):
+        labels[m == 1] = 1000 + 7 * k  # arbitrary label values
+    Image.fromarray(labels).save(tmp_path / "masks" / "cells.png")
+    shown = [v for v in np.unique(labels) if v]  # objects left after overlaps
+
+    monkeypatch.setattr(data, "MAX_LABEL_MASK_BYTES", labels.size)  # the whole stack: refused
+    with pytest.raises(data.DataError):
+        data.read_mask_file(tmp_path / "masks" / "cells.png")
+    objects = load_folder_objects(tmp_path / "images", tmp_path / "masks")
+    assert [o.key for o in objects] == [f"cells#{j}" for j in range(len(shown))]
+    assert all(np.array_equal(o.load_mask() == 1, labels == v) for o, v in zip(objects, shown))
+
+    out = tmp_path / "r.json"
+    assert main(["eval", "interactive", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--max-clicks", "2", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["objects"] == len(shown) and result["miou_at_clicks"]["2"] > 0.2

@@ -66,10 +66,10 @@ def load_folder_objects(
     records = [records[i] for i in _select([r.name for r in records], match, None, every)]
     objects = []
     for r in records:
-        count = len(r.load_masks())
+        count = r.object_count()
         for j in range(count):
             key = r.name if count == 1 else f"{r.name}#{j}"
-            objects.append(EvalObject(key, r.image_path, (lambda r=r, j=j: r.load_masks()[j])))
+            objects.append(EvalObject(key, r.image_path, (lambda r=r, j=j: r.object_mask(j))))
     return objects[:limit] if limit else objects
 
 
@@ -86,8 +86,8 @@ def load_coco_objects(
     records = [records[i] for i in _select([r.name for r in records], match, None, every)]
     objects = []
     for r in records:
-        for j in range(len(r.load_masks())):
-            objects.append(EvalObject(f"{r.name}#{j}", r.image_path, (lambda r=r, j=j: r.load_masks()[j])))
+        for j in range(r.object_count()):
+            objects.append(EvalObject(f"{r.name}#{j}", r.image_path, (lambda r=r, j=j: r.object_mask(j))))
     return objects[:limit] if limit else objects
 
 

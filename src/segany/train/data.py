@@ -42,11 +42,21 @@ class DataError(ValueError):
 
 @dataclass
 class ImageRecord:
-    """One training image and a loader for its object masks ((N, H, W) uint8, 1/0/IGNORE)."""
+    """One training image and a loader for its object masks ((N, H, W) uint8, 1/0/IGNORE); for
+    mask files also loaders of one object and of the count, which need not build every mask."""
 
     image_path: Path
     load_masks: Callable[[], np.ndarray] = field(repr=False)
     name: str = ""
+    load_object: Callable[[int], np.ndarray] | None = field(default=None, repr=False)  # (1, H, W)
+    count_objects: Callable[[], int] | None = field(default=None, repr=False)
+
+    def object_mask(self, index: int) -> np.ndarray:
+        """(H, W) uint8 mask of one object."""
+        return self.load_object(index)[0] if self.load_object is not None else self.load_masks()[index]
+
+    def object_count(self) -> int:
+        return self.count_objects() if self.count_objects is not None else len(self.load_masks())
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(self.image_path)
@@ -60,36 +70,58 @@ class ImageRecord:
 # Mask files
 
 
-def read_mask_file(path: str | os.PathLike) -> np.ndarray:
-    """(N, H, W) uint8 objects of one mask file.
+# Pillow modes of integer label images (16- and 32-bit): one object per value.
+LABEL_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def read_mask_file(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
+    """(N, H, W) uint8 objects of one mask file; with ``index``, only that object, (1, H, W).
 
     Palette ("P") images give one object per index other than 0 (background) and 255 (ignore);
     16- and 32-bit integer images are instance label maps (as microscopy tools write them): one
-    object per non-zero value, no ignore value; other images are read as 8-bit grayscale: 128 is
-    ignore, any other non-zero value is the object.
+    object per non-zero value, in increasing order, no ignore value; other images are read as 8-bit
+    grayscale: 128 is ignore, any other non-zero value is the object.
     """
     with Image.open(path) as im:
-        if im.mode == "P":
-            return _label_masks(np.asarray(im), ignore_value=255, path=path)
-        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            return _label_masks(np.asarray(im), ignore_value=None, path=path)
         if im.mode == "F":
             raise DataError(f"{path}: a floating-point image is not a mask (give 8-bit binary, palette or integer label masks)")
+        if im.mode == "P" or im.mode in LABEL_MODES:
+            labels, ignore = np.asarray(im), (255 if im.mode == "P" else None)
+            values = _label_values(labels, ignore)
+            if index is not None:
+                if not 0 <= index < len(values):
+                    raise DataError(f"{path}: no object {index} (it holds {len(values)})")
+                values = [values[index]]
+            return _label_masks(labels, values, ignore, path)
         gray = np.asarray(im.convert("L"))
+    if index not in (None, 0):
+        raise DataError(f"{path}: no object {index} (a binary mask holds one)")
     out = (gray > 0).astype(np.uint8)
     out[gray == 128] = IGNORE
     return out[None]
 
 
+def count_mask_objects(path: str | os.PathLike) -> int:
+    """How many objects :func:`read_mask_file` finds in a mask file, without building their masks."""
+    with Image.open(path) as im:
+        if im.mode == "P" or im.mode in LABEL_MODES:
+            return len(_label_values(np.asarray(im), 255 if im.mode == "P" else None))
+    return 1
+
+
 # Object masks are one byte per pixel each: a label map of thousands of instances would need
-# gigabytes as a stack, so it is refused with a message instead of exhausting memory.
+# gigabytes as a stack, so it is refused with a message instead of exhausting memory (one object
+# at a time, ``read_mask_file(path, index)``, works at any count).
 MAX_LABEL_MASK_BYTES = 1 << 30
 
 
-def _label_masks(labels: np.ndarray, ignore_value: int | None, path: str | os.PathLike) -> np.ndarray:
-    """(N, H, W) uint8 objects of a label image: one per value other than 0 and ``ignore_value``,
-    whose pixels are IGNORE in every object."""
-    values = [v for v in np.unique(labels) if v != 0 and v != ignore_value]
+def _label_values(labels: np.ndarray, ignore_value: int | None) -> list[int]:
+    return [int(v) for v in np.unique(labels) if v != 0 and v != ignore_value]
+
+
+def _label_masks(labels: np.ndarray, values: list[int], ignore_value: int | None, path: str | os.PathLike) -> np.ndarray:
+    """(N, H, W) uint8 objects of a label image, one per value of ``values``; pixels of
+    ``ignore_value`` are IGNORE in every object."""
     if len(values) * labels.size > MAX_LABEL_MASK_BYTES:
         raise DataError(
             f"{path}: {len(values)} objects at {labels.shape[1]}x{labels.shape[0]} would take "
@@ -126,7 +158,14 @@ def read_folder_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLik
     if not stems:
         raise DataError(f"no image in {images_dir} has a mask with the same stem in {masks_dir}")
     return [
-        ImageRecord(images[s], partial(read_mask_file, masks[s]), name=s) for s in stems
+        ImageRecord(
+            images[s],
+            partial(read_mask_file, masks[s]),
+            name=s,
+            load_object=partial(read_mask_file, masks[s]),
+            count_objects=partial(count_mask_objects, masks[s]),
+        )
+        for s in stems
     ]
 
 
