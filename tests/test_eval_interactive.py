@@ -137,7 +137,7 @@ def test_cli_eval_on_label_maps_loads_one_object_at_a_time(tmp_path, data_dir, m
     """A microscopy-style folder: 16-bit images and 16-bit instance label maps. Every instance is
     an object; objects are counted and loaded one at a time, so a label map whose whole stack of
     masks is refused still evaluates (with the default model)."""
-    import segany.train.data as data
+    from segany.train import data
     from segany.train.data import read_coco
 
     (tmp_path / "images").mkdir()
