@@ -78,6 +78,7 @@ def test_info(capsys, ref_checkpoint, manifest):
         (["{photo}", "--box", "1,2,3"], "expected 4"),
         (["{photo}"], "at least one --point or a --box"),
         (["{photo}", "--point", "5,5", "-o", "mask.jpg"], ".png"),
+        (["{photo}", "--point", "5,5", "--max-pixels", "1000"], "take --max-pixels"),
     ],
 )
 def test_segment_bad_input(capsys, tmp_path, coco_photo, ref_checkpoint, args, message):

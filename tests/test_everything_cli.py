@@ -148,6 +148,12 @@ def test_bad_input(tmp_path, ref_checkpoint, folder, capsys):
     only_bad.mkdir()
     (only_bad / "x.png").write_bytes(b"garbage")
     assert everything(ref_checkpoint, str(only_bad), "-o", str(tmp_path / "o")) == 1
+    # An image over --max-pixels is refused with a one-line error naming the flag.
+    capsys.readouterr()
+    image = next(p for p in sorted(folder.iterdir()) if p.name != "broken.jpg")
+    assert everything(ref_checkpoint, str(image), "-o", str(tmp_path / "o"), "--max-pixels", "1000") == 2
+    err = capsys.readouterr().err
+    assert "image too large" in err and "--max-pixels" in err and "Traceback" not in err
 
 
 def test_help_has_an_example(capsys):

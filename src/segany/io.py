@@ -112,7 +112,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
-                raise ImageReadError(f"image too large ({im.width}x{im.height} pixels, limit {max_pixels}): {path}")
+                raise ImageReadError(
+                    f"image too large ({im.width}x{im.height} pixels, limit {max_pixels:,}; segment and everything take --max-pixels): {path}"
+                )
             if im.mode in ("RGB", "RGBA") and _decoded_bits(im) == 16:
                 colour = _read_16_bit_colour(path, im.getexif().get(0x0112, 1))
                 if colour is not None:

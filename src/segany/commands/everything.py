@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import DEFAULT_MODEL
 from ..cli import UsageError
-from ..io import ImageReadError, read_image
+from ..io import MAX_IMAGE_PIXELS, ImageReadError, read_image
 from .common import add_model_args, resolve_model
 
 EXAMPLE = "segany everything photos/ --output masks/ --format coco --checkpoint sam_vit_b_01ec64.pth --overlay"
@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fill holes / drop islands smaller than this (default 0: off)")
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="encoder and decoder precision (default fp32, the official masks; bf16 is the fast mode)")
+    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
+                   help=f"refuse larger images (default {MAX_IMAGE_PIXELS:,}; a guard against decompression bombs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         progress = tqdm(todo, desc="everything", unit="image", file=sys.stderr)
         for job in progress:
             try:
-                image = read_image(job.path)
+                image = read_image(job.path, max_pixels=args.max_pixels)
             except ImageReadError as e:
                 if input_path.is_file():
                     raise  # a single bad image is bad input: one-line error, exit code 2

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..cli import UsageError
 from ..clicks import ClickSegmenter, ZoomIn
-from ..io import read_image, save_mask_png, save_png
+from ..io import MAX_IMAGE_PIXELS, read_image, save_mask_png, save_png
 from ..predictor import SamPredictor
 from ..refine import refine_mask
 from ..visualize import draw_prompts, overlay_masks
@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output mask PNG (0/255)")
     p.add_argument("--all-masks", action="store_true", help="with --multimask, also write every candidate")
     p.add_argument("--overlay", metavar="PNG", help="also write the mask drawn over the image")
+    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
+                   help=f"refuse larger images (default {MAX_IMAGE_PIXELS:,}; a guard against decompression bombs)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -70,7 +72,7 @@ def parse_prompts(args: argparse.Namespace, height: int, width: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    image = read_image(args.image)
+    image = read_image(args.image, max_pixels=args.max_pixels)
     h, w = image.shape[:2]
     coords, labels, box = parse_prompts(args, h, w)
     output = Path(args.output)
