@@ -370,7 +370,13 @@ def test_blurry_logits_are_scored_at_full_size(data_dir):
     low_res = model.prompt_encoder.mask_input_size
     stats = ResizedLogitStats(low_res, model.image_encoder.img_size, tuple(predictor.input_size), (768, 1024), logits.device)
     assert stats.enlarges
+    measured = []
+    window_extrema = stats._window_extrema
+    stats._window_extrema = lambda x: measured.append(len(x)) or window_extrema(x)
     assert stats(logits, model.mask_threshold, 1.0) is None
+    assert measured == [8]  # decided by the first masks: the other 40 are not measured
+    measured.clear()
+    assert stats(logits[:8], model.mask_threshold, 1.0) is None and measured == [8]
     # Real object shapes, sharp at this scale, are still scored from the low-res logits.
     objects = torch.as_tensor(np.stack([cv2.resize(m, low_res[::-1], interpolation=cv2.INTER_AREA)
                                         for m in _object_maps(data_dir)]))
