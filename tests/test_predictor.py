@@ -78,6 +78,17 @@ def test_mask_prompts_decode_folded_like_the_module(ref_model, reference_arrays)
         scale = float(want_logits.abs().max())
         assert np.abs(logits - want_logits.numpy()).max() < 1e-5 * scale
         assert np.abs(iou - want_iou.numpy()).max() < 1e-5
+    # A mask alone (no points or box): no sparse tokens, the same answer as the module.
+    _, iou, logits = predictor.predict_batch(mask_input=masks, multimask_output=False)
+    m = torch.as_tensor(masks)
+    sparse, dense = ref_model.prompt_encoder(points=None, boxes=None, masks=m)
+    with torch.no_grad():
+        want_logits, want_iou = ref_model.mask_decoder(
+            predictor.features, ref_model.prompt_encoder.get_dense_pe(), sparse, dense, False
+        )
+    assert sparse.shape == (3, 0, sparse.shape[-1])
+    assert np.abs(logits - want_logits.numpy()).max() < 1e-5 * float(want_logits.abs().max())
+    assert np.abs(iou - want_iou.numpy()).max() < 1e-5
     # The bf16 decoder agrees with fp32 on the masks.
     fast = SamPredictor(ref_model, precision="bf16")
     fast.set_embedding(predictor.get_embedding())

@@ -605,8 +605,7 @@ class SharedImageMaskDecoder:
         tokens (B prompts of N x C) to pass to :meth:`upscale_masks`; M = 3 with multimask output, else 1.
         """
         if mask_inputs is not None and not self._mask_factored:
-            with torch.no_grad():
-                dense_embeddings, mask_inputs = self.model.prompt_encoder.mask_downscaling(mask_inputs), None
+            dense_embeddings, mask_inputs = self.model.prompt_encoder.mask_downscaling(mask_inputs), None
         queries, token_pe, image = self._transformer(sparse_embeddings, dense_embeddings, mask_inputs)
         mask_ids = self._mask_ids(multimask_output)
         # Only the IoU token and the returned mask tokens are used after the final attention.

@@ -259,10 +259,11 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         if not torch.is_grad_enabled():
             # Factored decoding (see batched_decoder): the image side is the shared embedding plus a
-            # few rows per prompt; a mask input's embedding enters as rows too, so the prompt
-            # encoder needs it only to count the prompts when there are no points or boxes.
-            only_mask = points is None and boxes is None
-            sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input if only_mask else None)
+            # few rows per prompt; a mask input's embedding enters as rows too, computed there.
+            if points is None and boxes is None and mask_input is not None:  # a mask alone: no sparse tokens
+                sparse = mask_input.new_empty((len(mask_input), 0, self.model.prompt_encoder.embed_dim))
+            else:
+                sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
             decoder = self._shared_image_decoder()
             iou_predictions, hyper, image = decoder.decode_tokens(sparse, multimask_output, mask_inputs=mask_input)
             low_res_masks = decoder.upscale_masks(image, hyper)
