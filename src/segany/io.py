@@ -67,9 +67,13 @@ def _decoded_bits(im: Image.Image) -> int:
     return 8
 
 
+def _is_16_bit_colour(im: Image.Image) -> bool:
+    return im.mode in ("RGB", "RGBA") and _decoded_bits(im) == 16
+
+
 def is_high_depth(im: Image.Image) -> bool:
     """Whether an opened image has more than 8 bits per channel, so that :func:`read_image` stretches it."""
-    return im.mode in HIGH_DEPTH_MODES or (im.mode in ("RGB", "RGBA") and _decoded_bits(im) == 16)
+    return im.mode in HIGH_DEPTH_MODES or _is_16_bit_colour(im)
 
 
 # EXIF orientation -> the numpy steps that undo it (as ImageOps.exif_transpose does).
@@ -115,7 +119,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
                 raise ImageReadError(
                     f"image too large ({im.width}x{im.height} pixels, limit {max_pixels:,}; segment and everything take --max-pixels): {path}"
                 )
-            if im.mode in ("RGB", "RGBA") and _decoded_bits(im) == 16:
+            if _is_16_bit_colour(im):
                 colour = _read_16_bit_colour(path, im.getexif().get(0x0112, 1))
                 if colour is not None:
                     return colour

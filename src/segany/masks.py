@@ -27,7 +27,7 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def encode_rle_batch(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
-    """(N, H, W) boolean masks -> N COCO compressed RLEs, in one pycocotools call."""
+    """(N, H, W) boolean masks -> N COCO compressed RLEs."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
     masks = np.asarray(masks)

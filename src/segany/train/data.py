@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io import read_image
+from ..io import HIGH_DEPTH_MODES, read_image
 from ..masks import decode_rle
 from ..modeling.sam import PIXEL_MEAN
 
@@ -71,7 +71,7 @@ class ImageRecord:
 
 
 # Pillow modes of integer label images (16- and 32-bit): one object per value.
-LABEL_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+LABEL_MODES = tuple(mode for mode in HIGH_DEPTH_MODES if mode != "F")
 
 
 def read_mask_file(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
@@ -85,8 +85,8 @@ def read_mask_file(path: str | os.PathLike, index: int | None = None) -> np.ndar
     with Image.open(path) as im:
         if im.mode == "F":
             raise DataError(f"{path}: a floating-point image is not a mask (give 8-bit binary, palette or integer label masks)")
-        if im.mode == "P" or im.mode in LABEL_MODES:
-            labels, ignore = np.asarray(im), (255 if im.mode == "P" else None)
+        if (label_image := _label_image(im)) is not None:
+            labels, ignore = label_image
             values = _label_values(labels, ignore)
             if index is not None:
                 if not 0 <= index < len(values):
@@ -104,8 +104,8 @@ def read_mask_file(path: str | os.PathLike, index: int | None = None) -> np.ndar
 def count_mask_objects(path: str | os.PathLike) -> int:
     """How many objects :func:`read_mask_file` finds in a mask file, without building their masks."""
     with Image.open(path) as im:
-        if im.mode == "P" or im.mode in LABEL_MODES:
-            return len(_label_values(np.asarray(im), 255 if im.mode == "P" else None))
+        if (label_image := _label_image(im)) is not None:
+            return len(_label_values(*label_image))
     return 1
 
 
@@ -113,6 +113,16 @@ def count_mask_objects(path: str | os.PathLike) -> int:
 # gigabytes as a stack, so it is refused with a message instead of exhausting memory (one object
 # at a time, ``read_mask_file(path, index)``, works at any count).
 MAX_LABEL_MASK_BYTES = 1 << 30
+
+
+def _label_image(im: Image.Image) -> tuple[np.ndarray, int | None] | None:
+    """The labels and ignore value of a palette (255 = ignore) or integer label image; None for
+    8-bit grayscale masks."""
+    if im.mode == "P":
+        return np.asarray(im), 255
+    if im.mode in LABEL_MODES:
+        return np.asarray(im), None
+    return None
 
 
 def _label_values(labels: np.ndarray, ignore_value: int | None) -> list[int]:
