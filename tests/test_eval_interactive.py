@@ -54,6 +54,70 @@ def test_next_click_goes_to_the_largest_error_region():
     assert next_click(gt == 1, gt) is None
 
 
+def _deepest_by_brute_force(region: np.ndarray) -> tuple[int, int]:
+    """The protocol's definition, computed directly: the region pixel whose squared distance to the
+    nearest pixel outside it (the frame around the image included) is largest, first in row-major order."""
+    outside = np.argwhere(~np.pad(region, 1)) - 1  # (y, x) of every non-region pixel and of the frame
+    inside = np.argwhere(region)
+    squared = ((inside[:, None, :] - outside[None, :, :]) ** 2).sum(-1).min(1)
+    y, x = inside[int(np.argmax(squared))]  # argwhere is row-major, argmax takes the first maximum
+    return int(x), int(y)
+
+
+def test_clicks_match_the_protocol_on_random_shapes():
+    """Clicks are placed inside crops around each region; they must be those of the whole image,
+    with ties between equally deep pixels broken by row-major order, on shapes full of ties."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        h, w = int(rng.integers(8, 40)), int(rng.integers(8, 40))
+        gt = np.zeros((h, w), np.uint8)
+        pred = np.zeros((h, w), bool)
+        for target in (gt, pred):
+            for _ in range(int(rng.integers(1, 4))):  # rectangles, some at the image border
+                y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+                target[y0 : y0 + int(rng.integers(1, h)), x0 : x0 + int(rng.integers(1, w))] = 1
+        if trial % 3 == 0:
+            gt[rng.random((h, w)) < 0.05] = IGNORE
+        if (gt == 1).any():
+            assert first_click(gt)[:2] == _deepest_by_brute_force(gt == 1)
+        # The expected next click: the largest error component of the whole frame, missed object first.
+        best = None
+        for label, error in ((1, (gt == 1) & ~pred), (0, (gt == 0) & pred)):
+            count, comp, stats, _ = cv2.connectedComponentsWithStats(error.astype(np.uint8), connectivity=8)
+            if count > 1:
+                k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+                if best is None or stats[k, cv2.CC_STAT_AREA] > best[0]:
+                    best = (stats[k, cv2.CC_STAT_AREA], comp == k, label)
+        expected = None if best is None else (*_deepest_by_brute_force(best[1]), best[2])
+        assert next_click(pred, gt) == expected, trial
+
+
+def test_clicks_do_not_depend_on_where_the_object_lies():
+    """OpenCV's float distances round differently at different places in an image, which picked
+    different pixels among equally deep ones for these shapes in a crop and in a larger frame."""
+    import cv2
+
+    polygons = [
+        [[7, 20], [35, 26], [35, 20], [21, 4]],
+        [[25, 9], [0, 3], [1, 38], [23, 25], [2, 14]],
+        [[28, 6], [2, 8], [0, 31]],
+        [[37, 13], [36, 19], [17, 33], [5, 17]],
+        [[38, 35], [7, 23], [14, 5], [34, 33], [32, 33]],
+    ]
+    for points in polygons:
+        shape = np.zeros((40, 40), np.uint8)
+        cv2.fillPoly(shape, [np.array(points, np.int32)], 1)
+        x0, y0 = _deepest_by_brute_force(shape == 1)
+        for top, left in ((0, 0), (30, 50), (7, 61)):
+            gt = np.zeros((120, 120), np.uint8)
+            gt[top : top + 40, left : left + 40] = shape
+            assert first_click(gt) == (x0 + left, y0 + top, 1)
+            pred = np.zeros((120, 120), bool)  # all missed: the next click is the first one
+            assert next_click(pred, gt) == (x0 + left, y0 + top, 1)
+
+
 def test_iou_leaves_ignore_out_and_noc_caps():
     gt = np.zeros((10, 10), np.uint8)
     gt[2:8, 2:8] = 1
