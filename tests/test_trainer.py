@@ -247,6 +247,43 @@ def test_first_prompt_only_curriculum(tmp_path, data_dir):
     assert later["iou_first"] != later["iou_last"]
 
 
+def test_rounds_without_gradient_skip_the_loss(tmp_path, data_dir, monkeypatch):
+    """Only the rounds that train (or choose among 3 outputs) compute the loss; every round feeds
+    its output back, and the reported IoUs are those of the first and last outputs."""
+    import numpy as np
+
+    import segany.train.trainer as trainer_module
+    from segany.train.losses import mask_iou, upsample_logits
+
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "r", grad_rounds=1, point_rounds=3, mask_rounds=2, box_prob=0.0))
+    t = Trainer(cfg, show_progress=False)
+    step = t.step_module
+    rounds, losses = [], []
+    decode, loss = step._decode, trainer_module.interactive_loss
+
+    def recording_decode(emb, coords, labels, boxes, mask_input, multimask):
+        out = decode(emb, coords, labels, boxes, mask_input, multimask)
+        rounds.append((mask_input, out[0].detach()))
+        return out
+
+    def counting_loss(*args, **kwargs):
+        losses.append(args[0].shape[1])
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(step, "_decode", recording_decode)
+    monkeypatch.setattr(trainer_module, "interactive_loss", counting_loss)
+    rng = np.random.default_rng(0)
+    images, masks = trainer_module.sample_batch(t.dataset, 2, rng)
+    metrics = step(images, masks, rng)["metrics"]
+    gt = torch.cat(masks)
+    assert len(rounds) == 6 and losses == [3]  # 1 + 3 + 2 rounds; the loss on the first (3 outputs) only
+    for (_, previous), (fed_back, _) in zip(rounds[1:], rounds[2:]):
+        assert torch.equal(fed_back, previous.float())  # one output, fed back as the next mask prompt
+    expected = mask_iou(upsample_logits(rounds[-1][1].float(), gt.shape[-1]), gt)[:, 0].mean()
+    assert float(metrics["iou_last"]) == pytest.approx(float(expected))
+    assert math.isfinite(float(metrics["loss"]))
+
+
 def test_prefetch_workers_train_the_same_steps(tmp_path, data_dir):
     """Batches drawn ahead in worker processes are the batches of the in-process run, and the
     prompt simulation continues from the same generator state: identical weights and losses."""

@@ -31,7 +31,7 @@ from ..checkpoints import load_model, save_model
 from ..io import atomic_write_bytes
 from ..modeling import CONFIGS, Sam, SamConfig, build_sam
 from .data import COCO_ID, AugmentConfig, DataSource, ImageRecord, InteractiveDataset, load_source, read_folder_pairs
-from .losses import LossWeights, interactive_loss, upsample_logits
+from .losses import LossWeights, interactive_loss, mask_iou, upsample_logits
 from .prompts import FIRST, POINT, error_points, foreground_points, interaction_schedule, noisy_boxes
 
 
@@ -291,9 +291,17 @@ class InteractiveStep(nn.Module):
                     coords = torch.cat([coords, c[:, None]], dim=1)
                     labels = torch.cat([labels, l[:, None]], dim=1)
                 grad = it in with_grad and torch.is_grad_enabled()
+                last = it == len(schedule) - 1
                 with torch.set_grad_enabled(grad):
                     low_res, iou_pred = self._decode(g_emb, coords, labels, boxes, prev, multimask)
-                    out = interactive_loss(low_res, iou_pred, g_gt, cfg.loss)
+                    if grad or low_res.shape[1] > 1:
+                        out = interactive_loss(low_res, iou_pred, g_gt, cfg.loss)
+                        chosen, iou = out.chosen, out.iou
+                    else:
+                        # A round without gradient and with one output needs no loss: its output is
+                        # the one fed back, and its IoU is reported only after the first and last rounds.
+                        chosen = torch.zeros(len(idx), dtype=torch.long, device=gt.device)
+                        iou = mask_iou(upsample_logits(low_res.float(), size), g_gt)[:, 0] if it == 0 or last else None
                 if grad:
                     w = len(idx) / len(gt) / len(with_grad)
                     total = total + out.total * w
@@ -301,11 +309,11 @@ class InteractiveStep(nn.Module):
                         sums[k] += float(getattr(out, k)) * w
                     weight_sum += w
                 rows = torch.arange(len(idx), device=gt.device)
-                prev = low_res[rows, out.chosen][:, None].detach().float()
+                prev = low_res[rows, chosen][:, None].detach().float()
                 if it == 0:
-                    iou_first.append(out.iou)
-                iou_last_group = out.iou
-            iou_last.append(iou_last_group)
+                    iou_first.append(iou)
+                if last:
+                    iou_last.append(iou)
         metrics = {k: torch.tensor(v / max(weight_sum, 1e-12)) for k, v in sums.items()}
         metrics["loss"] = total.detach()
         metrics["iou_first"] = torch.cat(iou_first).mean().detach()
