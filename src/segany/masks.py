@@ -107,6 +107,15 @@ def mask_areas(masks: torch.Tensor) -> torch.Tensor:
     return masks.flatten(-2).sum(-1, dtype=torch.int64)
 
 
+def mask_extent(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns of a (H, W) bool numpy mask's bounding box, None for an empty mask: work on
+    a large image's mask (drawing it, or placing a click in it) can then stay inside it."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(..., H, W) bool -> (..., 4) int64 XYXY boxes with inclusive max coordinates;
     ``[0, 0, 0, 0]`` for an empty mask."""

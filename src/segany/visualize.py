@@ -7,6 +7,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .masks import mask_extent
+
 
 def mask_colors(n: int, seed: int = 0) -> np.ndarray:
     """n distinct, saturated RGB colours (uint8, (n, 3))."""
@@ -16,15 +18,6 @@ def mask_colors(n: int, seed: int = 0) -> np.ndarray:
     hues = (np.arange(n) * 0.618033988749895 + rng.random()) % 1.0
     hsv = np.stack([hues * 179, np.full(n, 200), np.full(n, 255)], axis=1).astype(np.uint8)
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
-
-
-def mask_extent(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """The rows and columns of a (H, W) bool mask's bounding box, None for an empty mask: work on a
-    large image's mask can then stay inside it."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def overlay_masks(

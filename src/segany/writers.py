@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from .io import atomic_write_bytes, save_png
-from .masks import decode_rle, encode_rle, uncompressed_rle_to_coco
-from .visualize import mask_extent, overlay_masks
+from .masks import decode_rle, encode_rle, mask_extent, uncompressed_rle_to_coco
+from .visualize import overlay_masks
 
 ANNOTATION_FIELDS = ("bbox", "area", "predicted_iou", "stability_score", "crop_box", "point_coords")
 

@@ -14,15 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
-def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(y0, y1, x0, x1), ends exclusive, of a (H, W) bool mask's pixels; None if it has none."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if len(rows) == 0:
-        return None
-    y0, y1 = int(rows[0]), int(rows[-1]) + 1
-    cols = np.flatnonzero(mask[y0:y1].any(axis=0))
-    return y0, y1, int(cols[0]), int(cols[-1]) + 1
+from ..masks import mask_extent
 
 
 def _deepest_pixel(region: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[int, int, float]:
@@ -42,25 +34,23 @@ def _deepest_pixel(region: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[int, i
 
 def _farthest_from_boundary(region: np.ndarray) -> tuple[int, int, float]:
     """(x, y, distance) of a (H, W) bool region's pixel farthest from its boundary."""
-    box = _bounding_box(region)
-    if box is None:
+    extent = mask_extent(region)
+    if extent is None:
         raise ValueError("cannot place a click in an empty region")
-    y0, y1, x0, x1 = box
-    return _deepest_pixel(region[y0:y1, x0:x1], y0, x0)
+    return _deepest_pixel(region[extent], extent[0].start, extent[1].start)
 
 
 def _largest_component(error: np.ndarray) -> tuple[int, np.ndarray, int, int] | None:
     """The largest 8-connected region of a (H, W) bool error mask (the first in raster order of
     their first pixels among equally large ones) as (area, its crop, crop top, crop left); None if
     there is no error."""
-    box = _bounding_box(error)
-    if box is None:
+    extent = mask_extent(error)
+    if extent is None:
         return None
-    y0, y1, x0, x1 = box
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(error[y0:y1, x0:x1].astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(error[extent].astype(np.uint8), connectivity=8)
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     left, top, width, height, area = (int(v) for v in stats[k])
-    return area, labels[top : top + height, left : left + width] == k, y0 + top, x0 + left
+    return area, labels[top : top + height, left : left + width] == k, extent[0].start + top, extent[1].start + left
 
 
 def next_click(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int] | None:
