@@ -87,8 +87,7 @@ def test_default_model_segments_unseen_objects_and_follows_clicks(data_dir):
     """The shipped weights on 8 COCO-MVal validation objects (never trained on), 5 clicks under the
     RITM/SAM protocol: measured 0.48 at click 1 and 0.74 at click 5 for the shipped stage-5 model
     (stage 4: 0.50 and 0.72; stage 3: 0.44 and 0.72; the 256 px model: 0.40 and 0.63; README
-    "Default model"); the bounds
-    leave room for BLAS rounding, not for a broken model."""
+    "Default model"); the bounds leave room for BLAS rounding, not for a broken model."""
     from segany.evaluate.interactive import EvalOptions, evaluate, load_folder_objects
     from segany.predictor import SamPredictor
 
