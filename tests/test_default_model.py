@@ -76,9 +76,11 @@ def test_load_default_model_predicts(coco_photo):
     assert logits.shape == (3, 4 * grid[0], 4 * grid[1])
 
 
-def test_segment_with_no_model_flag_uses_the_default(tmp_path, coco_photo):
-    out = tmp_path / "mask.png"
-    assert main(["segment", str(coco_photo), "--point", "320,200", "-o", str(out)]) == 0
+def test_segment_with_no_model_flag_uses_the_default(tmp_path, coco_photo, monkeypatch):
+    """The issue's command, as typed: no model and no output named (the mask goes to the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", str(coco_photo), "--point", "320,200"]) == 0
+    out = tmp_path / f"{Path(coco_photo).stem}_mask.png"
     mask = np.asarray(Image.open(out))
     assert mask.shape == Image.open(coco_photo).size[::-1] and set(np.unique(mask)) <= {0, 255}
 

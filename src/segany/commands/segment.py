@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="then segment again on a crop around the mask at the model's full input (small objects)")
     p.add_argument("--refine", action="store_true",
                    help="fit the mask's boundary to the image's edges with GrabCut (the clicks are kept)")
-    p.add_argument("-o", "--output", required=True, help="output mask PNG (0/255)")
+    p.add_argument("-o", "--output", help="output mask PNG (0/255); default: IMAGE-STEM_mask.png in the current folder")
     p.add_argument("--all-masks", action="store_true", help="with --multimask, also write every candidate")
     p.add_argument("--overlay", metavar="PNG", help="also write the mask drawn over the image")
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
@@ -75,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image, max_pixels=args.max_pixels)
     h, w = image.shape[:2]
     coords, labels, box = parse_prompts(args, h, w)
-    output = Path(args.output)
+    output = Path(args.output) if args.output else Path(f"{Path(args.image).stem}_mask.png")
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {output}")
+    for written_to in (output, args.overlay):
+        if written_to and Path(written_to).resolve() == Path(args.image).resolve():
+            raise UsageError(f"{written_to} is the input image: write the results to another file")
     model = resolve_model(args)
     predictor = SamPredictor(model)
     crop = None
