@@ -90,6 +90,10 @@ def test_config_roundtrip_and_errors(tmp_path, data_dir):
     (tmp_path / "bad.yaml").write_text("steps: 3\nlearning_rate: 1\n")
     assert main(["train", str(tmp_path / "bad.yaml")]) == 2
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)))  # an image given by mistake
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(tmp_path / "photo.jpg")
+    assert main(["train", str(tmp_path / "photo.jpg")]) == 2
     with pytest.raises(ConfigError, match="center_click_prob must be a probability"):
         TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "run", center_click_prob=1.5))
 

@@ -134,7 +134,9 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"config not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file: a config is YAML (or JSON)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
