@@ -179,6 +179,8 @@ def test_cli_eval_coco_and_bad_input(tmp_path, data_dir, ref_checkpoint):
     assert main(["eval", "interactive", "--images", str(tmp_path), "--masks", str(tmp_path), "--output", str(out)]) == 2
     assert main(["eval", "interactive", "--images", str(t / "val2017"), "--masks", str(t / "val2017"), "--match", "(",
                  "--output", str(out)]) == 2
+    photo = next((t / "val2017").iterdir())  # a photo given as the annotations
+    assert main(["eval", "interactive", "--coco", str(photo), "--images", str(t / "val2017"), "--output", str(out)]) == 2
 
 
 def test_plot_legend_labels_stay_inside_the_plot(tmp_path):

@@ -116,6 +116,9 @@ def test_sa1b_layout_roundtrip(tmp_path, data_dir):
     assert len(records) == 1
     _, decoded = records[0].load()
     assert np.array_equal(decoded, masks)
+    (tmp_path / "sa_1.json").write_text(json.dumps({"annotations": anns}))  # no "image" record
+    with pytest.raises(DataError, match="not an SA-1B annotation JSON"):
+        read_sa1b(tmp_path)[0].load()
 
 
 def test_validation_photos_are_excluded(data_dir):

@@ -209,7 +209,9 @@ def read_coco(
     """Records for a COCO instances JSON: every non-crowd instance of at least ``min_area`` pixels."""
     annotation_file, images_dir = Path(annotation_file), Path(images_dir)
     try:
-        data = json.loads(annotation_file.read_text())
+        data = json.loads(annotation_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{annotation_file} is not a COCO instances JSON (not a text file)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"could not read COCO annotations {annotation_file}: {e}") from None
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
@@ -247,9 +249,13 @@ def read_sa1b(folder: str | os.PathLike) -> list[ImageRecord]:
 
 
 def _read_sa1b_masks(path: Path) -> np.ndarray:
-    data = json.loads(path.read_text())
-    info = data["image"]
-    return _annotation_masks(data.get("annotations", []), info["height"], info["width"])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        info = data["image"]
+        height, width = info["height"], info["width"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is not an SA-1B annotation JSON ({type(e).__name__}: {e})") from None
+    return _annotation_masks(data.get("annotations", []), height, width)
 
 
 # ---------------------------------------------------------------------------------------------
