@@ -80,23 +80,27 @@ def test_info(capsys, ref_checkpoint, manifest):
         (["{photo}", "--point", "5,5", "-o", "mask.jpg"], ".png"),
         (["{photo}", "--point", "5,5", "--max-pixels", "1000"], "take --max-pixels"),
         (["{png}", "--point", "5,5", "-o", "{png}"], "is the input image"),
-        (["{photo}", "--point", "5,5", "--overlay", "{photo}"], "is the input image"),
+        (["{jpg}", "--point", "5,5", "--overlay", "{jpg}"], "is the input image"),
     ],
 )
 def test_segment_bad_input(capsys, tmp_path, coco_photo, ref_checkpoint, args, message):
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
+    # The cases that name their input as an output work on copies: code that wrongly wrote there
+    # must not touch the shared photo (an earlier version of this test overwrote it once).
     png = tmp_path / "photo.png"
     Image.open(coco_photo).save(png)
-    before = png.read_bytes()
-    args = [a.format(photo=coco_photo, text=text, png=png) for a in args]
+    jpg = tmp_path / "photo.jpg"
+    jpg.write_bytes(Path(coco_photo).read_bytes())
+    before = png.read_bytes(), jpg.read_bytes()
+    args = [a.format(photo=coco_photo, text=text, png=png, jpg=jpg) for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "out.png")]
     code, out, err = run_cli(capsys, "segment", *args, "--checkpoint", ref_checkpoint)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert png.read_bytes() == before  # a refused run writes nothing over its input
+    assert (png.read_bytes(), jpg.read_bytes()) == before  # a refused run writes nothing over its input
 
 
 def test_segment_without_model(capsys, tmp_path, coco_photo, monkeypatch):
