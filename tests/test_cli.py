@@ -81,6 +81,8 @@ def test_info(capsys, ref_checkpoint, manifest):
         (["{photo}", "--point", "5,5", "--max-pixels", "1000"], "take --max-pixels"),
         (["{png}", "--point", "5,5", "-o", "{png}"], "is the input image"),
         (["{jpg}", "--point", "5,5", "--overlay", "{jpg}"], "is the input image"),
+        (["{m_1}", "--point", "5,5", "--multimask", "--all-masks", "-o", "{m}"], "is the input image"),
+        (["{photo}", "--point", "5,5", "-o", "{m}", "--overlay", "{m}"], "name of its own"),
     ],
 )
 def test_segment_bad_input(capsys, tmp_path, coco_photo, ref_checkpoint, args, message):
@@ -92,15 +94,18 @@ def test_segment_bad_input(capsys, tmp_path, coco_photo, ref_checkpoint, args, m
     Image.open(coco_photo).save(png)
     jpg = tmp_path / "photo.jpg"
     jpg.write_bytes(Path(coco_photo).read_bytes())
-    before = png.read_bytes(), jpg.read_bytes()
-    args = [a.format(photo=coco_photo, text=text, png=png, jpg=jpg) for a in args]
+    m_1 = tmp_path / "m_1.png"  # named as --all-masks names candidate 1 of -o m.png
+    m_1.write_bytes(png.read_bytes())
+    before = png.read_bytes(), jpg.read_bytes(), m_1.read_bytes()
+    args = [a.format(photo=coco_photo, text=text, png=png, jpg=jpg, m_1=m_1, m=tmp_path / "m.png") for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "out.png")]
     code, out, err = run_cli(capsys, "segment", *args, "--checkpoint", ref_checkpoint)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert (png.read_bytes(), jpg.read_bytes()) == before  # a refused run writes nothing over its input
+    assert (png.read_bytes(), jpg.read_bytes(), m_1.read_bytes()) == before  # a refused run writes nothing over its input
+    assert not (tmp_path / "m.png").exists()
 
 
 def test_segment_without_model(capsys, tmp_path, coco_photo, monkeypatch):

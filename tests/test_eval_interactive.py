@@ -154,6 +154,9 @@ def test_cli_eval_sam_with_plot_and_resume(tmp_path, data_dir, ref_checkpoint, c
     args = ["eval", "interactive", "--images", str(d / "images"), "--masks", str(d / "masks"), "--match", VAL,
             "--limit", "2", "--max-clicks", "3", "--long-side", "200", "--checkpoint", str(ref_checkpoint),
             "--output", str(out), "--plot", str(tmp_path / "c.png")]
+    other = tmp_path / "other.json"  # another method's results, drawn beside
+    other.write_text(json.dumps({"model": "other", "miou_at_clicks": {"1": 0.2, "2": 0.4, "3": 0.5}}))
+    args += ["--compare", str(other)]
     # A progress file from an interrupted run: its finished object is reused, a cut line skipped.
     objects = load_folder_objects(d / "images", d / "masks", match=VAL, limit=2)
     partial = tmp_path / "r.json.partial.jsonl"
@@ -181,6 +184,28 @@ def test_cli_eval_coco_and_bad_input(tmp_path, data_dir, ref_checkpoint):
                  "--output", str(out)]) == 2
     photo = next((t / "val2017").iterdir())  # a photo given as the annotations
     assert main(["eval", "interactive", "--coco", str(photo), "--images", str(t / "val2017"), "--output", str(out)]) == 2
+
+
+def test_cli_eval_rejects_bad_compare_files_before_evaluating(tmp_path, data_dir, capsys):
+    """A --compare file is read before the run: a bad one stops it at once with one line, no traceback."""
+    t = data_dir / "coco_tiny"
+    out = tmp_path / "r.json"
+    base = ["eval", "interactive", "--coco", str(t / "annotations" / "instances_val2017.json"), "--images",
+            str(t / "val2017"), "--limit", "1", "--max-clicks", "2", "--long-side", "160", "--method", "grabcut",
+            "--output", str(out)]
+    not_results = tmp_path / "not_results.json"
+    not_results.write_text(json.dumps({"objects": 3}))
+    photo = next((t / "val2017").iterdir())
+    for bad, message in [(tmp_path / "missing.json", "cannot read"), (photo, "not a JSON file"),
+                         (not_results, "no miou_at_clicks")]:
+        assert main([*base, "--plot", str(tmp_path / "c.png"), "--compare", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"model": "x", "miou_at_clicks": {"1": 0.3, "2": 0.4}}))
+    assert main([*base, "--compare", str(good)]) == 2  # without --plot there is nothing to draw it on
+    assert "--plot" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "c.png").exists()
 
 
 def test_plot_legend_labels_stay_inside_the_plot(tmp_path):

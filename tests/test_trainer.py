@@ -235,6 +235,22 @@ def test_decoder_only_bf16(tmp_path, data_dir):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("image_encoder.", "prompt_encoder.")))
 
 
+def test_train_only_the_iou_head(tmp_path, data_dir):
+    """train_only trains the named parameters alone: here the IoU head, so the masks stay as they were."""
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "h", steps=2, train_only=["mask_decoder.iou_prediction_head"]))
+    t = Trainer(cfg, show_progress=False)
+    before = {k: v.clone() for k, v in t.sam.state_dict().items()}
+    t.fit()
+    after = t.sam.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("mask_decoder.iou_prediction_head.") for k in changed)
+    assert all(p.requires_grad == n.startswith("mask_decoder.iou_prediction_head.") for n, p in t.sam.named_parameters())
+
+    bad = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "x", steps=1, train_only=["mask_decoder.iou_head"]))
+    with pytest.raises(ConfigError, match="train_only names no parameter"):
+        Trainer(bad, show_progress=False)
+
+
 def test_centred_clicks_train(tmp_path, data_dir):
     """A step with every click placed by the evaluation clicker trains and differs from uniform clicks."""
     uniform = Trainer(TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "u", steps=1)), show_progress=False)

@@ -50,6 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run)
 
 
+def read_results(path: str) -> dict:
+    """A results JSON written by `segany eval interactive`, for --compare."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read --compare {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"--compare {path} is not a JSON file") from None
+    curve = data.get("miou_at_clicks") if isinstance(data, dict) else None
+    if not isinstance(curve, dict) or not curve or not all(
+        str(k).isdigit() and isinstance(v, (int, float)) for k, v in curve.items()
+    ):
+        raise UsageError(f"--compare {path} is not a results file of `segany eval interactive` (no miou_at_clicks)")
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     from ..clicks import ZoomIn
     from ..evaluate.interactive import EvalOptions, GrabCutClicker, SamClicker, evaluate, load_coco_objects
@@ -61,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_clicks < 1:
         raise UsageError("--max-clicks must be at least 1")
+    if args.compare and not args.plot:
+        raise UsageError("--compare draws other results on the plot: give --plot PNG too")
+    # Read before the run, so a bad file stops it at once and not after an hour of evaluation.
+    compared = {}
+    for other in args.compare:
+        data = read_results(other)
+        compared[data.get("model", Path(other).stem)] = data
     output = Path(args.output)
     try:
         if args.masks:
@@ -121,11 +144,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(output, json.dumps(result, indent=1).encode())
     partial.unlink(missing_ok=True)
     if args.plot:
-        curves = {model_name: result}
-        for other in args.compare:
-            data = json.loads(Path(other).read_text())
-            curves[data.get("model", Path(other).stem)] = data
-        plot_curve(curves, args.plot)
+        plot_curve({model_name: result, **compared}, args.plot)
     m = result["miou_at_clicks"]
     shown = " ".join(f"@{k}={m[str(k)]:.3f}" for k in (1, 5, 10, 20) if str(k) in m)
     print(f"{result['objects']} objects  mIoU {shown}  NoC@85 {result['noc85']} ({result['noc85_failed']} never)  "

@@ -71,6 +71,11 @@ def parse_prompts(args: argparse.Namespace, height: int, width: int):
     return coords, (np.array(labels) if points else None), box
 
 
+def candidate_path(output: Path, i: int) -> Path:
+    """Where --all-masks writes candidate i: beside the output, with _i after its stem."""
+    return output.with_name(f"{output.stem}_{i}{output.suffix}")
+
+
 def run(args: argparse.Namespace) -> int:
     image = read_image(args.image, max_pixels=args.max_pixels)
     h, w = image.shape[:2]
@@ -78,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(f"{Path(args.image).stem}_mask.png")
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {output}")
-    for written_to in (output, args.overlay):
+    candidates = [candidate_path(output, i) for i in range(3)] if args.all_masks and args.multimask else []
+    for written_to in (output, args.overlay, *candidates):
         if written_to and Path(written_to).resolve() == Path(args.image).resolve():
             raise UsageError(f"{written_to} is the input image: write the results to another file")
+    if args.overlay and Path(args.overlay).resolve() in {Path(x).resolve() for x in (output, *candidates)}:
+        raise UsageError(f"--overlay {args.overlay} is also a mask output: give it a name of its own")
     model = resolve_model(args)
     predictor = SamPredictor(model)
     crop = None
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     written = [str(output)]
     if args.all_masks and len(masks) > 1:
         for i, m in enumerate(masks):
-            path = output.with_name(f"{output.stem}_{i}{output.suffix}")
+            path = candidate_path(output, i)
             save_mask_png(path, m)
             written.append(str(path))
     if args.overlay:

@@ -79,6 +79,7 @@ class TrainConfig:
     layer_decay: float = 1.0  # layer-wise LR decay of the image encoder (1 = off)
     freeze_image_encoder: bool = False
     decoder_only: bool = False  # freeze the image and prompt encoders
+    train_only: list[str] | None = None  # train only parameters under these names, e.g. [mask_decoder.iou_prediction_head]
     precision: str = "fp32"  # fp32 | bf16 | fp16
     seed: int = 0
     checkpoint_every: int = 50
@@ -213,6 +214,18 @@ def set_trainable(model: Sam, cfg: TrainConfig) -> None:
     for module in frozen:
         for p in module.parameters():
             p.requires_grad_(False)
+    if cfg.train_only is not None:
+        names = dict(model.named_parameters())
+        prefixes = [str(x).rstrip(".") for x in cfg.train_only]
+        unmatched = [x for x in prefixes if not any(n == x or n.startswith(x + ".") for n in names)]
+        if not prefixes or unmatched:
+            raise ConfigError(
+                f"train_only names no parameter of the model: {unmatched or prefixes}; give module names such as"
+                " mask_decoder, mask_decoder.iou_prediction_head or image_encoder.neck"
+            )
+        for n, p in names.items():
+            if not any(n == x or n.startswith(x + ".") for x in prefixes):
+                p.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,11 +260,11 @@ class InteractiveStep(nn.Module):
         cfg = self.cfg
         sam = self.sam
         x = (images - sam.pixel_mean) / sam.pixel_std
-        if cfg.freeze_image_encoder or cfg.decoder_only:
+        if any(p.requires_grad for p in sam.image_encoder.parameters()):
+            features = sam.image_encoder(x)
+        else:
             with torch.no_grad():
                 features = sam.image_encoder(x)
-        else:
-            features = sam.image_encoder(x)
         gt = torch.cat(masks)
         owner = torch.cat([torch.full((len(m),), i, dtype=torch.long) for i, m in enumerate(masks)]).to(gt.device)
         use_box = torch.from_numpy(rng.random(len(gt)) < cfg.box_prob).to(gt.device)
