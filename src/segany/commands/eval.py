@@ -16,6 +16,11 @@ EXAMPLE = (
     "--match '(0[7-9]|1[0-9])_[0-9]{12}$' --max-clicks 20 --output results.json --plot curve.png"
 )
 
+EXAMPLE_AUTOMATIC = (
+    "segany everything coco_tiny/val2017 -o everything --format coco && segany eval automatic "
+    "--coco coco_tiny/annotations/instances_val2017.json --predictions everything/instances.json"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model", epilog=f"example: {EXAMPLE}")
@@ -48,6 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--restart", action="store_true", help="ignore the progress file of an interrupted run")
     add_model_args(q)
     q.set_defaults(func=run)
+    a = kinds.add_parser("automatic", help="automatic masks as object proposals (class-agnostic mask AR@K)",
+                         epilog=f"example: {EXAMPLE_AUTOMATIC}")
+    a.add_argument("--coco", metavar="JSON", required=True, help="ground truth: COCO instances JSON")
+    a.add_argument("--predictions", metavar="JSON", required=True,
+                   help="`segany everything --format coco` output (instances.json; images matched by file name),"
+                        " or a COCO results list with the ground truth's image ids")
+    a.add_argument("--max-dets", type=int, nargs="+", default=[10, 100, 1000], metavar="K",
+                   help="AR at these numbers of top-scored masks per image (default 10 100 1000)")
+    a.add_argument("--output", help="also write the results as JSON")
+    a.set_defaults(func=run_automatic)
 
 
 def read_results(path: str) -> dict:
@@ -150,4 +165,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['objects']} objects  mIoU {shown}  NoC@85 {result['noc85']} ({result['noc85_failed']} never)  "
           f"NoC@90 {result['noc90']} ({result['noc90_failed']} never)  1-click oracle {result['miou_1_oracle']}")
     print(f"wrote {output}" + (f", {args.plot}" if args.plot else ""))
+    return 0
+
+
+def run_automatic(args: argparse.Namespace) -> int:
+    from ..evaluate.proposals import evaluate_proposals
+    from ..io import atomic_write_bytes
+    from ..train.data import DataError
+
+    if any(k < 1 for k in args.max_dets):
+        raise UsageError("--max-dets must be positive")
+    try:
+        result = evaluate_proposals(args.coco, args.predictions, args.max_dets)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    result = {"ground_truth": str(args.coco), "predictions": str(args.predictions), **result}
+    if args.output:
+        atomic_write_bytes(args.output, json.dumps(result, indent=1).encode())
+    ar = "  ".join(f"AR@{k} {v}" for k, v in result["ar"].items())
+    areas = "  ".join(f"{k} {v}" for k, v in result["ar_by_area"].items() if k != "all")
+    print(f"{result['images']} images, {result['targets']} objects, {result['predictions']} masks  {ar}  "
+          f"(at {max(args.max_dets)}: {areas}; recall@0.5 {result['recall_50'][str(max(args.max_dets))]})")
+    if args.output:
+        print(f"wrote {args.output}")
     return 0
