@@ -14,7 +14,8 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _results_list(predictions: Any, gt: Any, path: str | os.PathLike) -> tuple[l
         images = {a.get("image_id") for a in anns if isinstance(a, dict)}
         missing = images - gt_ids
         if missing:
-            raise DataError(f"{path}: image ids not in the ground truth, e.g. {sorted(missing, key=str)[0]}")
+            raise DataError(f"{path}: image ids not in the ground truth, e.g. {min(missing, key=str)}")
     else:
         raise DataError(f"{path} is neither a COCO instances document nor a COCO results list")
     out = []
