@@ -13,8 +13,8 @@ import contextlib
 import io
 import json
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
