@@ -88,6 +88,10 @@ def test_cli_bad_input_is_one_line(tmp_path, data_dir, ground_truth, capsys):
     elsewhere = tmp_path / "elsewhere.json"  # an image the ground truth does not have
     elsewhere.write_text(json.dumps({"images": [{"id": 1, "file_name": "other.jpg", "width": 4, "height": 4}],
                                      "annotations": [], "categories": []}))
+    broken = tmp_path / "broken_gt.json"  # an annotation without its image
+    doc = json.loads(path.read_text())
+    del doc["annotations"][0]["image_id"]
+    broken.write_text(json.dumps(doc))
     unscored = tmp_path / "unscored.json"
     unscored.write_text(json.dumps([{"image_id": anns[0]["image_id"], "segmentation": anns[0]["segmentation"]}]))
     cases = [
@@ -96,6 +100,7 @@ def test_cli_bad_input_is_one_line(tmp_path, data_dir, ground_truth, capsys):
         (["--coco", str(path), "--predictions", str(elsewhere)], "not in the ground truth"),
         (["--coco", str(path), "--predictions", str(unscored)], "needs a segmentation and a score"),
         (["--coco", str(unscored), "--predictions", str(unscored)], "not a COCO instances JSON"),
+        (["--coco", str(broken), "--predictions", str(unscored)], "lacks 'image_id'"),
         (["--coco", str(path), "--predictions", str(unscored), "--max-dets", "0"], "positive"),
     ]
     for args, message in cases:

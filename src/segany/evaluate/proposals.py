@@ -74,6 +74,7 @@ def evaluate_proposals(
     Returns ``ar`` (IoU 0.50:0.95) and ``recall_50`` / ``recall_75`` keyed by K, ``ar_by_area`` at
     the largest K, and the counts of images, targets and predictions.
     """
+    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -83,18 +84,24 @@ def evaluate_proposals(
     predictions = _read_json(predictions_json, "predictions")
     gt = COCO()
     gt.dataset = gt_doc
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    # Class-agnostic: every target is of one category, so a mask may match any instance.
-    for ann in gt.dataset["annotations"]:
-        ann["category_id"] = 1
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+        # Class-agnostic: every target is of one category, so a mask may match any instance.
+        for ann in gt.dataset["annotations"]:
+            ann["category_id"] = 1
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann:
+                ann["area"] = float(mask_utils.area(gt.annToRLE(ann)))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise DataError(f"{gt_json} is not a COCO instances JSON: an image or annotation lacks {e}") from None
     gt.dataset["categories"] = [{"id": 1, "name": "object"}]
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     results, images = _results_list(predictions, gt, predictions_json)
     if not images:
         raise DataError(f"{predictions_json} covers no image")
-    max_dets = sorted(int(k) for k in max_dets)
+    max_dets = sorted({int(k) for k in max_dets})
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results) if results else None
         if dt is None:  # COCO cannot load an empty results list: no proposal recalls nothing
