@@ -249,6 +249,10 @@ def test_train_only_the_iou_head(tmp_path, data_dir):
     bad = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "x", steps=1, train_only=["mask_decoder.iou_head"]))
     with pytest.raises(ConfigError, match="train_only names no parameter"):
         Trainer(bad, show_progress=False)
+    frozen = TrainConfig.from_dict(tiny_config(data_dir, tmp_path / "y", steps=1, train_only=["image_encoder.neck"],
+                                               freeze_image_encoder=True))
+    with pytest.raises(ConfigError, match="nothing left to train"):
+        Trainer(frozen, show_progress=False)
 
 
 def test_centred_clicks_train(tmp_path, data_dir):

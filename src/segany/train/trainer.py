@@ -226,6 +226,9 @@ def set_trainable(model: Sam, cfg: TrainConfig) -> None:
         for n, p in names.items():
             if not any(n == x or n.startswith(x + ".") for x in prefixes):
                 p.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("nothing left to train: train_only names only frozen parameters"
+                          " (freeze_image_encoder / decoder_only freeze the encoders)")
 
 
 # ---------------------------------------------------------------------------------------------
