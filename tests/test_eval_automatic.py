@@ -92,6 +92,9 @@ def test_cli_bad_input_is_one_line(tmp_path, data_dir, ground_truth, capsys):
     doc = json.loads(path.read_text())
     del doc["annotations"][0]["image_id"]
     broken.write_text(json.dumps(doc))
+    small = tmp_path / "small.json"  # masks at another size than the annotated image
+    small.write_text(json.dumps([{"image_id": images[0]["id"], "score": 1.0,
+                                  "segmentation": {"size": [10, 10], "counts": [0, 100]}}]))
     unscored = tmp_path / "unscored.json"
     unscored.write_text(json.dumps([{"image_id": anns[0]["image_id"], "segmentation": anns[0]["segmentation"]}]))
     cases = [
@@ -101,6 +104,7 @@ def test_cli_bad_input_is_one_line(tmp_path, data_dir, ground_truth, capsys):
         (["--coco", str(path), "--predictions", str(unscored)], "needs a segmentation and a score"),
         (["--coco", str(unscored), "--predictions", str(unscored)], "not a COCO instances JSON"),
         (["--coco", str(broken), "--predictions", str(unscored)], "lacks 'image_id'"),
+        (["--coco", str(path), "--predictions", str(small)], "masks must be at the ground truth's size"),
         (["--coco", str(path), "--predictions", str(unscored), "--max-dets", "0"], "positive"),
     ]
     for args, message in cases:

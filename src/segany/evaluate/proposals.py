@@ -37,9 +37,12 @@ def _results_list(predictions: Any, gt: Any, path: str | os.PathLike) -> tuple[l
     """COCO results (with the ground truth's image ids) from either layout of the predictions."""
     gt_ids = {img["id"] for img in gt.dataset["images"]}
     if isinstance(predictions, dict) and "images" in predictions and "annotations" in predictions:
-        by_name = {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
-        to_gt = {img["id"]: by_name.get(Path(img["file_name"]).name) for img in predictions["images"]}
-        anns = [{**a, "image_id": to_gt.get(a["image_id"])} for a in predictions["annotations"]]
+        try:
+            by_name = {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
+            to_gt = {img["id"]: by_name.get(Path(img["file_name"]).name) for img in predictions["images"]}
+            anns = [{**a, "image_id": to_gt.get(a["image_id"])} for a in predictions["annotations"]]
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{path}: an image or annotation lacks {e}") from None
         unmatched = sorted(Path(img["file_name"]).name for img in predictions["images"] if to_gt[img["id"]] is None)
         if unmatched:
             raise DataError(f"{path}: {len(unmatched)} image(s) are not in the ground truth, e.g. {unmatched[0]}")
@@ -61,6 +64,11 @@ def _results_list(predictions: Any, gt: Any, path: str | os.PathLike) -> tuple[l
             score = float(a["score"])
         except (TypeError, ValueError, KeyError, IndexError) as e:
             raise DataError(f"{path}: a prediction of image {a['image_id']} is not a mask with a score ({e})") from None
+        image = gt.imgs[a["image_id"]]
+        if list(rle["size"]) != [image["height"], image["width"]]:
+            h, w = rle["size"]
+            raise DataError(f"{path}: a mask of {image.get('file_name', a['image_id'])} is {w}x{h} px, the image"
+                            f" {image['width']}x{image['height']}: masks must be at the ground truth's size")
         out.append({"image_id": a["image_id"], "segmentation": rle, "score": score, "category_id": 1})
     return out, images
 
