@@ -67,12 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def read_results(path: str) -> dict:
     """A results JSON written by `segany eval interactive`, for --compare."""
+    from ..train.data import DataError, read_json
+
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read --compare {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UsageError(f"--compare {path} is not a JSON file") from None
+        data = read_json(path, "--compare")
+    except DataError as e:
+        raise UsageError(str(e)) from None
     curve = data.get("miou_at_clicks") if isinstance(data, dict) else None
     if not isinstance(curve, dict) or not curve or not all(
         str(k).isdigit() and isinstance(v, (int, float)) for k, v in curve.items()

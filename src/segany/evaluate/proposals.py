@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,18 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..train.data import DataError
+from ..train.data import DataError, read_json
 
 AREAS = ("all", "small", "medium", "large")  # COCO's ranges: < 32^2, 32^2..96^2, > 96^2 px
-
-
-def _read_json(path: str | os.PathLike, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{what} {path} is not a JSON file") from None
 
 
 def _results_list(predictions: Any, gt: Any, path: str | os.PathLike) -> tuple[list[dict[str, Any]], set[int]]:
@@ -86,10 +76,10 @@ def evaluate_proposals(
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt_doc = _read_json(gt_json, "ground truth")
+    gt_doc = read_json(gt_json, "ground truth")
     if not isinstance(gt_doc, dict) or not isinstance(gt_doc.get("images"), list) or "annotations" not in gt_doc:
         raise DataError(f"{gt_json} is not a COCO instances JSON (no images / annotations)")
-    predictions = _read_json(predictions_json, "predictions")
+    predictions = read_json(predictions_json, "predictions")
     gt = COCO()
     gt.dataset = gt_doc
     try:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -38,6 +38,16 @@ MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg"}
 
 class DataError(ValueError):
     """A data folder or annotation file is missing or malformed."""
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON document at ``path``; a missing, unreadable or non-JSON file is a DataError naming ``what``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{what} {path} is not a JSON file") from None
 
 
 @dataclass
