@@ -88,6 +88,19 @@ def test_folder_pairs_errors(tmp_path):
         read_folder_pairs(tmp_path / "i", tmp_path / "m")
 
 
+def test_coco_reader_bad_files(tmp_path):
+    with pytest.raises(DataError, match="cannot read COCO annotations .*missing.json"):
+        read_coco(tmp_path / "missing.json", tmp_path)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)))  # an image given by mistake
+    with pytest.raises(DataError, match="photo.jpg is not a JSON file"):
+        read_coco(photo, tmp_path)
+    results = tmp_path / "results.json"
+    results.write_text('[{"image_id": 1, "score": 0.9}]')  # a COCO results list, not instances
+    with pytest.raises(DataError, match="not a COCO instances JSON"):
+        read_coco(results, tmp_path)
+
+
 def test_coco_reader_polygons_and_crowd_skipped(data_dir):
     ann = data_dir / "coco_tiny" / "annotations" / "instances_val2017.json"
     data = json.loads(ann.read_text())

@@ -82,20 +82,19 @@ def evaluate_proposals(
     predictions = read_json(predictions_json, "predictions")
     gt = COCO()
     gt.dataset = gt_doc
+    # Class-agnostic: every target is of one category, so a mask may match any instance.
+    gt.dataset["categories"] = [{"id": 1, "name": "object"}]
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt.createIndex()
-        # Class-agnostic: every target is of one category, so a mask may match any instance.
         for ann in gt.dataset["annotations"]:
             ann["category_id"] = 1
             ann.setdefault("iscrowd", 0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+        for ann in gt.dataset["annotations"]:  # the index holds these same dicts
             if "area" not in ann:
                 ann["area"] = float(mask_utils.area(gt.annToRLE(ann)))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise DataError(f"{gt_json} is not a COCO instances JSON: an image or annotation lacks {e}") from None
-    gt.dataset["categories"] = [{"id": 1, "name": "object"}]
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
     results, images = _results_list(predictions, gt, predictions_json)
     if not images:
         raise DataError(f"{predictions_json} covers no image")

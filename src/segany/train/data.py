@@ -218,12 +218,7 @@ def read_coco(
 ) -> list[ImageRecord]:
     """Records for a COCO instances JSON: every non-crowd instance of at least ``min_area`` pixels."""
     annotation_file, images_dir = Path(annotation_file), Path(images_dir)
-    try:
-        data = json.loads(annotation_file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{annotation_file} is not a COCO instances JSON (not a text file)") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"could not read COCO annotations {annotation_file}: {e}") from None
+    data = read_json(annotation_file, "COCO annotations")
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DataError(f"{annotation_file} is not a COCO instances JSON (no 'images'/'annotations')")
     per_image: dict[int, list[dict]] = {}

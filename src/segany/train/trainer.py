@@ -205,6 +205,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_decay_factor ** sum(step >= s for s in cfg.lr_decay_steps)
 
 
+def _is_under(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is ``prefix`` or inside the module ``prefix``."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def set_trainable(model: Sam, cfg: TrainConfig) -> None:
     frozen = []
     if cfg.freeze_image_encoder or cfg.decoder_only:
@@ -217,14 +222,14 @@ def set_trainable(model: Sam, cfg: TrainConfig) -> None:
     if cfg.train_only is not None:
         names = dict(model.named_parameters())
         prefixes = [str(x).rstrip(".") for x in cfg.train_only]
-        unmatched = [x for x in prefixes if not any(n == x or n.startswith(x + ".") for n in names)]
+        unmatched = [x for x in prefixes if not any(_is_under(n, x) for n in names)]
         if not prefixes or unmatched:
             raise ConfigError(
                 f"train_only names no parameter of the model: {unmatched or prefixes}; give module names such as"
                 " mask_decoder, mask_decoder.iou_prediction_head or image_encoder.neck"
             )
         for n, p in names.items():
-            if not any(n == x or n.startswith(x + ".") for x in prefixes):
+            if not any(_is_under(n, x) for x in prefixes):
                 p.requires_grad_(False)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("nothing left to train: train_only names only frozen parameters"
