@@ -132,6 +132,9 @@ def test_sa1b_layout_roundtrip(tmp_path, data_dir):
     (tmp_path / "sa_1.json").write_text(json.dumps({"annotations": anns}))  # no "image" record
     with pytest.raises(DataError, match="not an SA-1B annotation JSON"):
         read_sa1b(tmp_path)[0].load()
+    (tmp_path / "sa_1.json").write_text('{"image": ')  # cut short
+    with pytest.raises(DataError, match="sa_1.json is not a JSON file"):
+        read_sa1b(tmp_path)[0].load()
 
 
 def test_validation_photos_are_excluded(data_dir):

@@ -254,11 +254,11 @@ def read_sa1b(folder: str | os.PathLike) -> list[ImageRecord]:
 
 
 def _read_sa1b_masks(path: Path) -> np.ndarray:
+    data = read_json(path, "SA-1B annotation")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         info = data["image"]
         height, width = info["height"], info["width"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise DataError(f"{path} is not an SA-1B annotation JSON ({type(e).__name__}: {e})") from None
     return _annotation_masks(data.get("annotations", []), height, width)
 
