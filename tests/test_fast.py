@@ -171,6 +171,9 @@ def _run_case(predictor, spec, arrays):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_precision_masks_agree_with_fp32(ref_model, reference_arrays, manifest, precision):
+    if not fast_ops.cpu_has_bf16():
+        # Emulated bf16 would take minutes here, and the product never runs it on such a CPU.
+        pytest.skip("this CPU has no bfloat16 instructions: see test_fast_precisions_on_a_cpu_without_bf16")
     fast = {name: SamPredictor(ref_model, precision=precision) for name in ("img0", "img1")}
     exact = {name: SamPredictor(ref_model) for name in ("img0", "img1")}
     for name in fast:
@@ -187,6 +190,47 @@ def test_reduced_precision_masks_agree_with_fp32(ref_model, reference_arrays, ma
         for a, b in zip(got, ref):
             assert b.any()
             assert mask_iou(a, b) >= 0.97, (case, mask_iou(a, b))
+
+
+def test_fast_precisions_on_a_cpu_without_bf16(ref_model, reference_arrays, manifest, monkeypatch):
+    """Without bfloat16 instructions (AVX2-only CPUs) emulated bf16 is ~25x slower than fp32:
+    "bf16" runs as fp32 with a warning, "int8" keeps its int8 layers and runs the rest in fp32."""
+    monkeypatch.setattr("segany.predictor.cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no bfloat16 instructions.*running fp32 instead"):
+        bf16 = SamPredictor(ref_model, precision="bf16")
+    assert bf16.precision == "fp32" and bf16.decoder_dtype == torch.float32
+    int8 = SamPredictor(ref_model, precision="int8")
+    assert int8.precision == "int8" and int8.reduced_dtype == int8.decoder_dtype == torch.float32
+    exact = SamPredictor(ref_model)
+    for predictor in (bf16, int8, exact):
+        predictor.set_image(reference_arrays["img0"])
+    assert torch.equal(bf16.get_image_embedding(), exact.get_image_embedding())
+    diff = (int8.get_image_embedding() - exact.get_image_embedding()).abs().max()
+    assert 0 < diff < 0.1 * exact.get_image_embedding().abs().max()  # the int8 layers did run
+    for case in POINT_CASES:
+        spec = manifest["predictor_cases"][case]
+        if spec["image"] != "img0":
+            continue
+        got, ref = _run_case(int8, spec, reference_arrays), _run_case(exact, spec, reference_arrays)
+        for a, b in zip(got, ref):
+            assert b.any()
+            assert mask_iou(a, b) >= 0.97, (case, mask_iou(a, b))
+
+
+def test_fused_linear_falls_back_where_onednn_lacks_the_dtype(monkeypatch):
+    """oneDNN cannot build bf16 kernels on CPUs without bf16 instructions: linear_act then runs
+    plain PyTorch instead of failing ("could not create a primitive descriptor")."""
+    monkeypatch.setattr(fast_ops, "_onednn_linear_ok", {torch.bfloat16: False})
+    x, w, b = torch.randn(5, 16), torch.randn(8, 16), torch.randn(8)
+    with torch.inference_mode():
+        got = fast_ops.linear_act(x.bfloat16(), w.bfloat16(), b.bfloat16(), "gelu")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = fast_ops.linear_act(x, w, b, "gelu")
+    want = F.gelu(F.linear(x.bfloat16(), w.bfloat16(), b.bfloat16()))
+    assert got.dtype == autocast.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(autocast, want)
+    assert not fast_ops.cpu_has_bf16()
 
 
 def test_reduced_precision_leaves_the_model_unchanged(ref_model):
@@ -212,8 +256,11 @@ def test_compiled_encoder_matches_eager(ref_model, reference_arrays, fp32_predic
     assert rel < 1e-4
 
 
-def test_bench_command_prints_a_table(ref_checkpoint, capsys):
+def test_bench_command_prints_a_table(ref_checkpoint, capsys, monkeypatch):
     from segany.cli import main
+
+    for where in ("segany.predictor", "segany.benchmark"):  # the bf16 rows, emulated where the CPU lacks bf16
+        monkeypatch.setattr(f"{where}.cpu_has_bf16", lambda: True)
 
     argv = ["bench", "--checkpoint", str(ref_checkpoint), "--step", "decoder", "everything", "--prompts", "5"]
     argv += ["--points-per-side", "3"]

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
@@ -23,8 +24,11 @@ import numpy as np
 import torch
 
 from .modeling import Sam, SamConfig, build_sam
+from .modeling.fast_ops import cpu_has_bf16
 from .modeling.sam import PIXEL_MEAN, PIXEL_STD
 from .predictor import PRECISIONS, SamPredictor
+
+_NO_BF16 = "this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so bfloat16 would be emulated"
 
 
 def official_package() -> ModuleType | None:
@@ -163,7 +167,15 @@ def bench_encoder(
     Agreement: fp32 embeddings against the official (max relative error), and for each reduced
     precision the IoU of its masks with the fp32 masks for a grid of single-point prompts.
     """
-    predictors = {p: SamPredictor(model, precision=p) for p in precisions}
+    predictors, not_run = {}, {}
+    for p in precisions:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the bf16 fallback's warning, reported below instead
+            predictor = SamPredictor(model, precision=p)
+        if predictor.precision != p:
+            not_run[p] = f"runs as {predictor.precision} here: {_NO_BF16}"
+        else:
+            predictors[p] = predictor
     image = images[0]
     fns: dict[str, Callable[[], Any]] = {}
     if official is not None:
@@ -176,13 +188,18 @@ def bench_encoder(
             with torch.autocast(device_type, dtype=torch.bfloat16):
                 off.set_image(image)
 
-        fns["official_bf16_autocast"] = official_bf16
+        if device_type != "cpu" or cpu_has_bf16():
+            fns["official_bf16_autocast"] = official_bf16
+        else:
+            not_run["official_bf16_autocast"] = _NO_BF16
     for p, pred in predictors.items():
         fns[f"segany_{p}"] = lambda pred=pred: pred.set_image(image)
     cpu: dict[str, list[float]] = {}
     with torch.inference_mode():
         times = interleaved(fns, repeats, cpu=cpu)
     result: dict[str, Any] = {"image_shape": list(image.shape), "times": {k: summary(v) for k, v in times.items()}}
+    if not_run:
+        result["not_run"] = not_run
     result["cpu_time"] = _cpu_summary(cpu, "official_fp32")
     if official is not None:
         base = statistics.median(times["official_fp32"])
@@ -245,6 +262,7 @@ def bench_decoder(
     ours = SamPredictor(model)
     with torch.inference_mode():
         ours.set_image(image)
+    fast = fast and (model.device.type != "cpu" or cpu_has_bf16())  # else bf16 would be emulated, not timed
     points = grid_points(image.shape, int(np.ceil(np.sqrt(num_prompts))))[:num_prompts]
     labels = np.ones(1)
     fast_predictor = None
@@ -476,6 +494,7 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "official_package": getattr(official, "__file__", None) and "segment_anything",
         "cpu_count": os.cpu_count(),
+        "cpu_bf16": cpu_has_bf16(),
         "loadavg_1min": os.getloadavg()[0],
         "maxrss_mib_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 COMMAND_MODULES = (
@@ -42,6 +43,12 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line read as one line, without the source location. On a new
+    line: a progress bar may hold the cursor."""
+    return f"\nwarning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoints import CheckpointError, DownloadError
     from .io import ImageReadError
@@ -49,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        plain_format, warnings.formatwarning = warnings.formatwarning, _format_warning
+        try:
+            return int(args.func(args) or 0)
+        finally:
+            warnings.formatwarning = plain_format
     except (UsageError, CheckpointError, ImageReadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

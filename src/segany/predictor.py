@@ -18,6 +18,7 @@ import torch
 from ._memory import tune_malloc
 from .batched_decoder import SharedImageMaskDecoder
 from .modeling import Sam
+from .modeling.fast_ops import cpu_has_bf16
 from .transforms import ResizeLongestSide
 
 
@@ -47,6 +48,11 @@ class SamPredictor:
     IoU predictions and returned logits stay fp32. compile: wrap the encoder in ``torch.compile``
     (slow first call).
 
+    On a CPU without bfloat16 instructions (no AVX-512 BF16 or AMX, e.g. AVX2-only CPUs) PyTorch
+    only emulates bfloat16, ~25x slower than fp32, so there "bf16" runs as "fp32" (with a warning;
+    ``precision`` then reads "fp32") and "int8" keeps its int8 linear layers with everything else
+    in fp32 (``reduced_dtype`` is the type the fast precisions use for the rest).
+
     On CPU, the first predictor of a process raises glibc malloc's mmap/trim thresholds so that
     the decoder's large temporary tensors are reused rather than page-faulted afresh
     (``segany._memory``; ``SEGANY_MALLOC_TUNING=0`` turns this off).
@@ -56,9 +62,20 @@ class SamPredictor:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = sam_model
-        self.precision = precision
+        self.reduced_dtype = torch.bfloat16
         if sam_model.device.type == "cpu":
             tune_malloc()  # reuse freed decoder buffers instead of page-faulting fresh ones (see _memory)
+            if precision != "fp32" and not cpu_has_bf16():
+                self.reduced_dtype = torch.float32
+                if precision == "bf16":
+                    warnings.warn(
+                        "precision='bf16': this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so bfloat16 "
+                        "would be emulated, far slower than fp32; running fp32 instead (precision='int8' is "
+                        "the fast mode on this CPU)",
+                        stacklevel=2,
+                    )
+                    precision = "fp32"
+        self.precision = precision
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._encoder = _fast_encoder(sam_model.image_encoder, precision)
         if compile:
@@ -67,9 +84,9 @@ class SamPredictor:
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed images -> (B, 256, 64, 64) fp32 embeddings."""
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.reduced_dtype == torch.float32:
             return self._encoder(images)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        with torch.autocast(images.device.type, dtype=self.reduced_dtype):
             features = self._encoder(images)
         return features.float()
 
@@ -277,8 +294,9 @@ class SamPredictor:
 
     @property
     def decoder_dtype(self) -> torch.dtype:
-        """The type of the mask decoder's image-side products: bfloat16 in the fast precisions."""
-        return torch.float32 if self.precision == "fp32" else torch.bfloat16
+        """The type of the mask decoder's image-side products: bfloat16 in the fast precisions
+        (where the CPU computes in it)."""
+        return torch.float32 if self.precision == "fp32" else self.reduced_dtype
 
     def _shared_image_decoder(self) -> SharedImageMaskDecoder:
         if self._shared_decoder is None:

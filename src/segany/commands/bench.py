@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             print(_row(f"set_image, {p}", med("encoder", f"segany_{p}"), base))
         if official is not None:
             print(_row("set_image, official bf16 autocast", None, med("encoder", "official_bf16_autocast")))
+        for key, why in results["encoder"].get("not_run", {}).items():
+            print(f"  {key}: not timed, {why}")
         for key, value in results["encoder"]["agreement"].items():
             print(f"  {key}: {json.dumps(value)}")
     if "decoder" in results:

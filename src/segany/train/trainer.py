@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from torch import nn
 from ..checkpoints import load_model, save_model
 from ..io import atomic_write_bytes
 from ..modeling import CONFIGS, Sam, SamConfig, build_sam
+from ..modeling.fast_ops import cpu_has_bf16
 from .data import COCO_ID, AugmentConfig, DataSource, ImageRecord, InteractiveDataset, load_source, read_folder_pairs
 from .losses import LossWeights, interactive_loss, mask_iou, upsample_logits
 from .prompts import FIRST, POINT, error_points, foreground_points, interaction_schedule, noisy_boxes
@@ -449,6 +451,12 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dist, self.device = init_distributed(cfg.device)
+        if cfg.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn(
+                "precision: bf16 on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX): PyTorch emulates "
+                "it, far slower than fp32; use precision: fp32 on this machine",
+                stacklevel=2,
+            )
         self.out = Path(cfg.output_dir)
         self.show_progress = show_progress and self.dist.is_main
         torch.manual_seed(cfg.seed)
