@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-region-area", type=int, default=0, metavar="PX",
                    help="fill holes / drop islands smaller than this (default 0: off)")
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="encoder and decoder precision (default fp32, the official masks; bf16 is the fast mode)")
+                   help="encoder and decoder precision (default fp32, the official masks; bf16 is the fast mode on GPUs and CPUs with bf16 instructions, int8 on other CPUs)")
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
                    help=f"refuse larger images (default {MAX_IMAGE_PIXELS:,}; a guard against decompression bombs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
