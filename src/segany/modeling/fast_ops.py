@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Private but long-standing op (what torch.compile's CPU backend emits for nn.Linear); on this
-# hardware class it is ~2x faster than the MKL sgemm behind F.linear and can fuse the GELU.
+# Private but long-standing op (what torch.compile's CPU backend emits for nn.Linear); on AVX-512
+# CPUs (Zen 4) it is ~2x faster than the MKL sgemm behind F.linear, on AVX2 ones about as fast
+# (bench/linear_shapes.py), and it can fuse the GELU.
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _onednn_linear_ok: dict[torch.dtype, bool] = {}  # per dtype, decided on first use by comparing with F.linear
 
