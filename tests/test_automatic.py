@@ -278,7 +278,8 @@ def test_bf16_shared_image_decoder_agrees_with_fp32(ref_model, img0, predictor0,
     assert min(ious) >= 0.97, min(ious)
 
 
-def test_fast_precisions_decode_in_bf16(ref_model):
+def test_fast_precisions_decode_in_bf16(ref_model, monkeypatch):
+    monkeypatch.setattr("segany.predictor.cpu_has_bf16", lambda: True)  # as on a CPU with bf16 instructions
     assert SamPredictor(ref_model).decoder_dtype == torch.float32
     assert SamPredictor(ref_model, precision="bf16").decoder_dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be"):

@@ -136,6 +136,12 @@ def test_matrix_postprocess_matches_two_interpolations(ref_model, input_size, or
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
     assert torch.equal(got > 0, expected > 0)
+    for threshold in (0.0, 1.5):  # thresholded block by block, rows last: the same masks
+        with torch.inference_mode():
+            masks = ref_model.postprocess_masks(low, input_size, original_size, threshold)
+        assert masks.dtype == torch.bool and torch.equal(masks, expected > threshold)
+    plain = ref_model.postprocess_masks(low.clone().requires_grad_(), input_size, original_size, 0.0)
+    assert plain.dtype == torch.bool and torch.equal(plain, expected > 0)
 
 
 @pytest.fixture(scope="module")

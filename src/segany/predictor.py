@@ -287,9 +287,8 @@ class SamPredictor:
         else:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res_masks, iou_predictions = self._full_decoder(sparse, dense, multimask_output)
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        threshold = None if return_logits else self.model.mask_threshold
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size, threshold)
         return masks, iou_predictions, low_res_masks
 
     @property
