@@ -323,3 +323,16 @@ def test_malloc_tuning_applies_once_and_can_be_turned_off():
     assert off == ["False", "False"]
     if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
         assert on == ["True", "True"]
+
+
+def test_bench_reports_bf16_as_not_timed_without_cpu_bf16(ref_checkpoint, capsys, monkeypatch):
+    from segany.cli import main
+
+    for where in ("segany.predictor", "segany.benchmark"):
+        monkeypatch.setattr(f"{where}.cpu_has_bf16", lambda: False)
+    argv = ["bench", "--checkpoint", str(ref_checkpoint), "--step", "encoder", "--precision", "fp32", "bf16"]
+    assert main(argv + ["--repeats", "1", "--no-official"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert float(next(line for line in out if line.startswith("set_image, fp32")).split()[2]) > 0
+    assert next(line for line in out if line.startswith("set_image, bf16")).split()[2:] == ["-", "-", "-"]
+    assert any(line.strip().startswith("bf16: not timed, runs as fp32 here") for line in out)
