@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,13 +14,23 @@ import torch.nn.functional as F
 from segany import SamPredictor
 from segany.benchmark import mask_iou
 from segany.modeling import fast_ops
+from segany.modeling.common import MLPBlock
 from segany.modeling.image_encoder import decomposed_rel_pos_bias, decomposed_rel_pos_terms
 
 POINT_CASES = ["img0_point1", "img0_points_pos_neg", "img0_box", "img1_point1", "img1_points_pos_neg", "img1_box"]
+# Both CPU kernel sets run on any CPU (only their speed differs): each test below that takes
+# ``kernels`` checks both, whichever this machine would choose.
+KERNEL_SETS = {"avx512_kernels": fast_ops.AVX512_KERNELS, "avx2_kernels": fast_ops.AVX2_KERNELS}
+
+
+@pytest.fixture(params=list(KERNEL_SETS))
+def kernels(request, monkeypatch):
+    monkeypatch.setattr(fast_ops, "CPU_KERNELS", KERNEL_SETS[request.param])
+    return KERNEL_SETS[request.param]
 
 
 @pytest.mark.parametrize(("size", "heads", "chunk"), [((64, 64), 3, 1 << 14), ((14, 14), 50, 1 << 18), ((9, 12), 2, 300)])
-def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, size, heads, chunk):
+def test_blockwise_attention_matches_sdpa_with_full_bias(monkeypatch, kernels, size, heads, chunk):
     """Global (query-row blocks), windowed (groups of windows) and non-square grids, small chunks."""
     monkeypatch.setattr(fast_ops, "ATTENTION_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(0)
@@ -100,8 +111,43 @@ def test_gpu_attention_forms_match_the_bias_and_its_gradients(size, kind):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_kernels_follow_the_cpu_unless_forced(monkeypatch):
+    monkeypatch.setattr(fast_ops, "CPU_KERNELS", None)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert fast_ops.cpu_kernels() == fast_ops.AVX512_KERNELS
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert fast_ops.cpu_kernels() == fast_ops.AVX2_KERNELS
+    monkeypatch.setattr(fast_ops, "CPU_KERNELS", fast_ops.AVX512_KERNELS)
+    assert fast_ops.cpu_kernels() == fast_ops.AVX512_KERNELS
+
+
+@pytest.mark.parametrize("tokens", [(2, 7, 5), (3,)])
+def test_blockwise_mlp_matches_the_mlp_block(monkeypatch, kernels, tokens):
+    """The encoder MLP in blocks of tokens (5 rows: 70 tokens end in a partial block; 3 tokens fit
+    in one) gives the module's output; with autograd it runs as the module does and keeps gradients."""
+    monkeypatch.setattr(fast_ops, "CPU_KERNELS", dataclasses.replace(kernels, mlp_rows=5))
+    block = MLPBlock(48, 192)
+    x = torch.randn(*tokens, 48)
+    expected = block(x)
+    with torch.inference_mode():
+        got = fast_ops.mlp(x, block.lin1, block.lin2)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    x.requires_grad_()
+    fast_ops.mlp(x, block.lin1, block.lin2).sum().backward()
+    assert x.grad is not None and block.lin1.weight.grad is not None
+
+
+def test_each_cpu_kernel_set_gives_the_official_embedding(ref_model, reference_arrays, kernels):
+    """The fixture model (two global-attention blocks, two windowed) with either kernel set."""
+    predictor = SamPredictor(ref_model)
+    predictor.set_image(reference_arrays["img0"])
+    got, ref = predictor.get_image_embedding().numpy(), reference_arrays["img0_features"]
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+
+
 @pytest.mark.parametrize("activation", [None, "gelu", "relu"])
-def test_fused_linear_matches_torch(activation):
+def test_fused_linear_matches_torch(kernels, activation):
     layer = torch.nn.Linear(48, 96)
     x = torch.randn(2, 7, 5, 48)
     reference = {None: lambda y: y, "gelu": F.gelu, "relu": F.relu}[activation](layer(x))

@@ -8,6 +8,8 @@ the form named by ``GPU_ATTENTION``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,40 @@ ATTENTION_CHUNK_ELEMENTS = 1 << 20
 # v padded alike) cost more than the N x N scores they save at these sizes.
 GPU_ATTENTION = "explicit"
 GPU_ATTENTION_KINDS = ("augmented", "mask", "explicit")
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """Which of several equivalent CPU inference kernels run (each set agrees with the reference
+    arithmetic to ~1e-6). The best set depends on the CPU: ``bench/cpu_kernels.py`` times the
+    encoder with each set side by side.
+
+    fused_gelu: the exact GELU as oneDNN's post-op of the linear before it; else the linear, then
+        PyTorch's GELU in place (oneDNN's erf post-op is slower than PyTorch's without AVX-512).
+    mlp_rows: run each encoder MLP block (linear, GELU, linear) on blocks of this many tokens, so
+        that a block's hidden activations (rows x 4C) stay in cache between its two products; 0:
+        each product over all tokens.
+    global_attention: "onednn", two oneDNN products around a softmax per block of query rows; or
+        "sdpa", PyTorch's fused CPU attention per block (bias as its mask, online softmax).
+    """
+
+    fused_gelu: bool = True
+    mlp_rows: int = 0
+    global_attention: str = "onednn"
+
+
+# Measured on an AMD Zen 4 (AVX-512 with bf16) and an AMD Zen 3 (AVX2 only); docs/bench/*-cpu-avx2/.
+AVX512_KERNELS = CpuKernels()
+AVX2_KERNELS = CpuKernels(fused_gelu=False, mlp_rows=256, global_attention="sdpa")
+# Set to force one set (benchmarks, tests); None: chosen from the CPU's capability.
+CPU_KERNELS: CpuKernels | None = None
+
+
+def cpu_kernels() -> CpuKernels:
+    """The kernel set for this CPU: :data:`CPU_KERNELS` if set, else by ATen's vector capability."""
+    if CPU_KERNELS is not None:
+        return CPU_KERNELS
+    return AVX512_KERNELS if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else AVX2_KERNELS
 
 
 def plain_pytorch() -> bool:
@@ -119,11 +155,35 @@ def linear_act(
         ):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
+            if activation == "gelu" and not cpu_kernels().fused_gelu:
+                return torch.ops.aten.gelu_(_ONEDNN_LINEAR(x, weight, bias, "none", [], ""))
             return _ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
         elif weight.dtype != x.dtype and _autocast_dtype(x) is None:  # F.linear wants one dtype; the fused op casts
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
     return act(F.linear(x, weight, bias))
+
+
+def mlp(x: torch.Tensor, lin1: nn.Module, lin2: nn.Module) -> torch.Tensor:
+    """``lin2(gelu(lin1(x)))`` (exact GELU) over the last dimension of ``x``; on CPU inference with
+    plain fp32 linears, in blocks of ``cpu_kernels().mlp_rows`` tokens where that is set."""
+    rows = cpu_kernels().mlp_rows
+    blockwise = (
+        rows > 0
+        and x.device.type == "cpu"
+        and isinstance(lin1, nn.Linear)
+        and isinstance(lin2, nn.Linear)
+        and compute_dtype(x) == torch.float32
+        and lin1.weight.dtype == lin2.weight.dtype == torch.float32
+        and _inference_only(x, lin1.weight, lin2.weight)
+    )
+    if not blockwise or x.numel() // x.shape[-1] <= rows:
+        return linear(linear(x, lin1, "gelu"), lin2)
+    tokens = x.reshape(-1, x.shape[-1])
+    out = tokens.new_empty((tokens.shape[0], lin2.out_features))
+    for r0 in range(0, tokens.shape[0], rows):
+        out[r0 : r0 + rows] = linear(linear(tokens[r0 : r0 + rows], lin1, "gelu"), lin2)
+    return out.reshape(*x.shape[:-1], lin2.out_features)
 
 
 def rel_pos_attention(
@@ -209,12 +269,23 @@ def _blockwise_attention(
 ) -> torch.Tensor:
     bh, n, _ = q.shape
     h, w = rel_h.shape[1], rel_h.shape[2]
-    q_scaled = q * scale
     groups = max(1, ATTENTION_CHUNK_ELEMENTS // (n * n))  # many small windows per step
     rows = h if groups > 1 else max(1, ATTENTION_CHUNK_ELEMENTS // (w * n))  # or a few query rows
     if groups > 1 and q.dtype == torch.bfloat16:
-        return _widened_window_attention(q_scaled, k, v, rel_h, rel_w, groups)
+        return _widened_window_attention(q * scale, k, v, rel_h, rel_w, groups)
     out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
+    if groups == 1 and cpu_kernels().global_attention == "sdpa":
+        # PyTorch's fused CPU attention, per head and block of query rows: its online softmax never
+        # writes the block's scores out, only the block's slice of the bias is built.
+        for g in range(bh):
+            k_g, v_g = k[g, None, None], v[g, None, None]  # (1, 1, N, C)
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                bias = (rel_h[g, r0:r1, :, :, None] + rel_w[g, r0:r1, :, None, :]).reshape(1, 1, (r1 - r0) * w, n)
+                q_block = q[g, None, None, r0 * w : r1 * w]
+                out[g, r0 * w : r1 * w] = F.scaled_dot_product_attention(q_block, k_g, v_g, attn_mask=bias, scale=scale)[0, 0]
+        return out
+    q_scaled = q * scale
     if groups == 1 and _check_onednn_linear(q.dtype):
         # Global attention, one head at a time: the two products through oneDNN (~2.5x MKL's bmm
         # here). k and v are laid out once per head as the (out, in) "weights" of the products.

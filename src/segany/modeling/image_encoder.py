@@ -185,7 +185,7 @@ class Block(nn.Module):
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         lin1, act, lin2 = self.mlp.lin1, self.mlp.act, self.mlp.lin2
         if isinstance(lin1, nn.Linear) and isinstance(act, nn.GELU) and act.approximate == "none":
-            return fast_ops.linear(fast_ops.linear(x, lin1, "gelu"), lin2)
+            return fast_ops.mlp(x, lin1, lin2)
         return self.mlp(x)
 
 
