@@ -8,6 +8,7 @@ decoder, with the same weights and image: which set this CPU should run, and tha
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import _common
@@ -64,7 +65,7 @@ def main() -> None:
         "image": paths[0],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "chosen_here": next(name for name, k in sets.items() if k == fast_ops.cpu_kernels()),
-        "sets": {name: vars(k) for name, k in sets.items()},
+        "sets": {name: dataclasses.asdict(k) for name, k in sets.items()},
         "encoder_max_rel_diff": float((a - b).abs().max() / a.abs().max()),
         "decoder_max_logit_diff": float(np.abs(logits_a - logits_b).max()),
         "encoder": {name: benchmark.summary(t) for name, t in encoder_times.items()},

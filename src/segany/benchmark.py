@@ -8,6 +8,7 @@ is imported here only, for comparison; no inference path of segany depends on it
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from .modeling import Sam, SamConfig, build_sam
-from .modeling.fast_ops import cpu_has_bf16
+from .modeling.fast_ops import cpu_has_bf16, cpu_kernels
 from .modeling.sam import PIXEL_MEAN, PIXEL_STD
 from .predictor import PRECISIONS, SamPredictor
 
@@ -495,6 +496,8 @@ def environment() -> dict[str, Any]:
         "official_package": getattr(official, "__file__", None) and "segment_anything",
         "cpu_count": os.cpu_count(),
         "cpu_bf16": cpu_has_bf16(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kernels": dataclasses.asdict(cpu_kernels()),
         "loadavg_1min": os.getloadavg()[0],
         "maxrss_mib_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
