@@ -390,6 +390,35 @@ def test_blurry_logits_are_scored_at_full_size(data_dir):
     assert stats(objects, model.mask_threshold, 1.0) is not None
 
 
+@pytest.mark.parametrize(
+    "input_size, size",
+    [((768, 1024), (768, 1024)), ((768, 1024), (480, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (64, 64))],
+)
+def test_full_size_scores_equal_the_official_formulas(ref_model, object_logits, monkeypatch, input_size, size):
+    """Stability and boxes counted block by block (never writing the full-size logits) against the
+    official computation: both interpolations, then the stability score and box of the whole map."""
+    import torch.nn.functional as F
+
+    import segany.automatic
+
+    monkeypatch.setattr(segany.automatic, "_FULL_STATS_CHUNK_ELEMENTS", 2**20)  # several chunks
+    generator = SamAutomaticMaskGenerator(ref_model, points_per_side=2)
+    torch.manual_seed(0)
+    logits = torch.cat([object_logits, torch.randn(4, 256, 256) * 3])  # objects, empty, full, noise
+    want = F.interpolate(logits[:, None], (1024, 1024), mode="bilinear", align_corners=False)
+    want = want[..., : input_size[0], : input_size[1]]
+    want = F.interpolate(want, size, mode="bilinear", align_corners=False)[:, 0]
+    for offset in (1.0, 2.0):
+        generator.stability_score_offset = offset
+        with torch.inference_mode():
+            stability, boxes = generator._score_and_box_full(logits, input_size, size)
+        want_stability = stability_score(want, 0.0, offset)
+        assert torch.equal(stability.isnan(), want_stability.isnan())
+        # Pixels within float rounding of a threshold may count differently: a few in millions.
+        assert torch.allclose(stability.nan_to_num(), want_stability.nan_to_num(), atol=2e-5)
+        assert torch.equal(boxes, logits_to_boxes(want, 0.0))
+
+
 def test_full_size_scores_box_only_the_stable_masks(ref_model, object_logits):
     """The full-size path boxes only masks that pass the stability filter (the rest are dropped):
     same stability scores, the same boxes for those masks, zero boxes for the others."""

@@ -32,6 +32,7 @@ import torch
 
 from .batched_decoder import SharedImageMaskDecoder
 from .masks import (
+    _boxes_from_rows_cols,
     batched_nms,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
@@ -47,6 +48,8 @@ from .masks import (
     stability_score,
 )
 from .modeling import Sam
+from .modeling.fast_ops import plain_pytorch
+from .modeling.sam import _banded_resize
 from .predictor import ImageEmbedding, SamPredictor
 from .resized_stats import ResizedLogitStats
 
@@ -60,6 +63,9 @@ _UPSAMPLE_CHUNK_ELEMENTS = 2**21
 _CPU_DECODE_CHUNK_PROMPTS = 4
 # Masks scored at once from their low-res logits (see resized_stats).
 _STATS_CHUNK_MASKS = 64
+# Column-resized logits scored at full size at once (_score_and_box_full): 4M floats, 16 masks
+# of a 1024-wide image, whose blocks of 32 output rows (2 MiB) are counted in cache.
+_FULL_STATS_CHUNK_ELEMENTS = 2**22
 # Final full-size masks are built, cleaned, measured and encoded this many pixels (bytes) at a
 # time, so that a large image's masks never sit in memory all at once: 140 masks of a 48-megapixel
 # aerial photo are 6.7 GB as bool arrays.
@@ -304,13 +310,16 @@ class SamAutomaticMaskGenerator:
             return empty.reshape(0, *decoder.model.prompt_encoder.mask_input_size), empty, empty.long()
         return torch.cat(logits), torch.cat(ious), torch.cat(prompt_ids)
 
-    def _upsample(self, low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, ...]):
+    def _upsample(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, ...], threshold: float | None = None
+    ):
         """Yield (start, logits) chunks of (k, H, W) logits at ``size`` for (K, 256, 256) low-res logits:
-        :meth:`Sam.postprocess_masks` (banded resize products), a cache-sized chunk at a time."""
+        :meth:`Sam.postprocess_masks` (banded resize products), a cache-sized chunk at a time. With
+        ``threshold``, the chunks are the boolean masks ``logits > threshold``."""
         chunk = max(1, _UPSAMPLE_CHUNK_ELEMENTS // (int(size[0]) * int(size[1])))
         for start in range(0, len(low_res), chunk):
             x = low_res[start : start + chunk, None]
-            yield start, self.model.postprocess_masks(x, input_size, tuple(size))[:, 0]
+            yield start, self.model.postprocess_masks(x, input_size, tuple(size), threshold)[:, 0]
 
     def _score_and_box(
         self,
@@ -336,21 +345,53 @@ class SamAutomaticMaskGenerator:
     def _score_and_box_full(
         self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...], min_stability: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`_score_and_box` from upsampled logits. Boxes are computed only for masks with
-        stability >= ``min_stability`` (the others are dropped by the caller; their boxes are zero)."""
+        """As :meth:`_score_and_box` from every pixel of the upsampled logits. Boxes are computed
+        only for masks with stability >= ``min_stability`` (the others are dropped by the caller;
+        their boxes are zero).
+
+        The columns are resized first; then each block of output rows is resized, compared and
+        counted while it is in cache, so the full-size logits are never written (1.2-1.7x faster
+        than writing them and scoring them, at 640x480 and 1024x768)."""
+        threshold, offset = self.model.mask_threshold, self.stability_score_offset
+        if plain_pytorch():
+            return self._score_and_box_full_plain(low_res, input_size, crop_size, min_stability)
+        img_size = self.model.image_encoder.img_size
+        low_h, low_w = low_res.shape[-2:]
+        rows = _banded_resize(low_h, img_size, int(input_size[0]), int(crop_size[0]), low_res.device)
+        cols = _banded_resize(low_w, img_size, int(input_size[1]), int(crop_size[1]), low_res.device)
+        stab_parts, box_parts = [], []
+        chunk = max(1, _FULL_STATS_CHUNK_ELEMENTS // (low_h * int(crop_size[1])))
+        for start in range(0, len(low_res), chunk):
+            resized_cols = cols.cols(low_res[start : start + chunk])  # (k, low_h, W)
+            counts = rows.rows_counts_above(resized_cols, (threshold + offset, threshold - offset))
+            stab = counts[:, 0] / counts[:, 1]
+            boxes = torch.zeros((len(stab), 4), dtype=torch.int64, device=low_res.device)
+            boxed = stab >= min_stability
+            if boxed.any():
+                subset = resized_cols if boxed.all() else resized_cols[boxed]
+                boxes[boxed] = _boxes_from_rows_cols(*rows.rows_extent_above(subset, threshold))
+            stab_parts.append(stab)
+            box_parts.append(boxes)
+        if not stab_parts:
+            return low_res.new_zeros(0), torch.zeros((0, 4), dtype=torch.int64, device=low_res.device)
+        return torch.cat(stab_parts), torch.cat(box_parts)
+
+    def _score_and_box_full_plain(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, ...], min_stability: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_score_and_box_full` from the upsampled logits, with plain PyTorch ops."""
         threshold = self.model.mask_threshold
         stab_parts, box_parts = [], []
         for _, logits in self._upsample(low_res, input_size, crop_size):
             stab = stability_score(logits, threshold, self.stability_score_offset)
             boxed = stab >= min_stability
-            if boxed.all():
-                boxes = logits_to_boxes(logits, threshold)
-            else:
-                boxes = torch.zeros((len(logits), 4), dtype=torch.int64, device=logits.device)
-                if boxed.any():
-                    boxes[boxed] = logits_to_boxes(logits[boxed], threshold)
+            boxes = torch.zeros((len(logits), 4), dtype=torch.int64, device=logits.device)
+            if boxed.any():
+                boxes[boxed] = logits_to_boxes(logits[boxed], threshold)
             stab_parts.append(stab)
             box_parts.append(boxes)
+        if not stab_parts:
+            return low_res.new_zeros(0), torch.zeros((0, 4), dtype=torch.int64, device=low_res.device)
         return torch.cat(stab_parts), torch.cat(box_parts)
 
     @staticmethod
@@ -371,8 +412,9 @@ class SamAutomaticMaskGenerator:
             x0, y0, x1, y1 = crop.crop_box
             low_res = crop.low_res_logits[row_of[where].to(device)]
             target = where.to(device)
-            for start, logits in self._upsample(low_res, crop.input_size, (y1 - y0, x1 - x0)):
-                masks[target[start : start + len(logits)], y0:y1, x0:x1] = logits > self.model.mask_threshold
+            size_in_crop = (y1 - y0, x1 - x0)
+            for start, part in self._upsample(low_res, crop.input_size, size_in_crop, self.model.mask_threshold):
+                masks[target[start : start + len(part)], y0:y1, x0:x1] = part
         return masks
 
     def _final_masks(
