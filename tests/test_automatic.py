@@ -207,6 +207,8 @@ def test_mask_inputs_decode_as_the_module(ref_model, img0, predictor0, batched, 
     iou_dense, hyper_dense, image_dense = decoder.decode_tokens(sparse, multimask_output=True, dense_embeddings=dense)
     assert image_dense.factored is None
     torch.testing.assert_close(iou_dense, iou, atol=1e-5, rtol=1e-5)
+    masks_dense = decoder.upscale_masks(image_dense, hyper_dense)
+    assert (masks_dense - want_masks).abs().max() <= 1e-5 * want_masks.abs().max()
     with pytest.raises(ValueError, match="not both"):
         decoder.decode_tokens(sparse, dense_embeddings=dense, mask_inputs=mask_inputs)
 
