@@ -421,6 +421,25 @@ def test_full_size_scores_equal_the_official_formulas(ref_model, object_logits, 
         assert torch.equal(boxes, logits_to_boxes(want, 0.0))
 
 
+def test_banded_counts_equal_comparisons_at_ties():
+    """rows_counts_above counts ``rows(x) > t`` exactly, on the float path (sign of y - t) and on
+    the boolean one, including values exactly at a threshold."""
+    from segany.modeling.sam import _banded_resize
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 256, 300) * 3
+    x[:, :, :40] = 1.0  # constant columns: their resized values sit exactly at threshold 1.0 or within rounding of it
+    x[:, :, 40:60] = -1.0
+    x[1] = 0.0
+    resize = _banded_resize(256, 1024, 768, 480, torch.device("cpu"))
+    y = resize.rows(x)
+    assert (y == 1.0).any() and (y == -1.0).any()
+    thresholds = (1.0, -1.0, 0.0)
+    want = torch.stack([(y > t).sum((-2, -1)) for t in thresholds], dim=-1).int()
+    assert torch.equal(resize.rows_counts_above(x, thresholds), want)
+    assert torch.equal(resize.rows_counts_above(x.double(), thresholds), want)  # the boolean path
+
+
 def test_full_size_scores_box_only_the_stable_masks(ref_model, object_logits):
     """The full-size path boxes only masks that pass the stability filter (the rest are dropped):
     same stability scores, the same boxes for those masks, zero boxes for the others."""
