@@ -8,6 +8,7 @@ the form named by ``GPU_ATTENTION``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,25 +47,49 @@ class CpuKernels:
         each product over all tokens.
     global_attention: "onednn", two oneDNN products around a softmax per block of query rows; or
         "sdpa", PyTorch's fused CPU attention per block (bias as its mask, online softmax).
+    bf16_global_attention: how bfloat16 global attention runs: "same" as ``global_attention``; or
+        "widened", PyTorch's fused attention over all heads at once with the bias folded into the
+        score product (:func:`augmented_attention`), so that no bias and no score matrix is written.
     """
 
     fused_gelu: bool = True
     mlp_rows: int = 0
     global_attention: str = "onednn"
+    bf16_global_attention: str = "same"
 
 
-# Measured on an AMD Zen 4 (AVX-512 with bf16) and an AMD Zen 3 (AVX2 only); docs/bench/*-cpu-avx2/.
+# Measured on an AMD Zen 4 (AVX-512 with bf16), an AMD Zen 3 (AVX2 only; docs/bench/*-cpu-avx2/)
+# and an Intel Xeon with AMX (docs/bench/*-cpu-amx/): there, the score products are ~10x cheaper in
+# bfloat16 than the softmax and bias around them, which PyTorch's fused attention mostly avoids.
 AVX512_KERNELS = CpuKernels()
 AVX2_KERNELS = CpuKernels(fused_gelu=False, mlp_rows=256, global_attention="sdpa")
+AMX_KERNELS = CpuKernels(bf16_global_attention="widened")
 # Set to force one set (benchmarks, tests); None: chosen from the CPU's capability.
 CPU_KERNELS: CpuKernels | None = None
 
 
 def cpu_kernels() -> CpuKernels:
-    """The kernel set for this CPU: :data:`CPU_KERNELS` if set, else by ATen's vector capability."""
+    """The kernel set for this CPU: :data:`CPU_KERNELS` if set, else by ATen's vector capability
+    and, on AVX-512 CPUs, whether the CPU has AMX tiles."""
     if CPU_KERNELS is not None:
         return CPU_KERNELS
-    return AVX512_KERNELS if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else AVX2_KERNELS
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return AVX2_KERNELS
+    return AMX_KERNELS if cpu_has_amx() else AVX512_KERNELS
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX bfloat16 tiles (Intel Sapphire Rapids and later), from the kernel's
+    CPU flags; False where they cannot be read (non-Linux systems)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def plain_pytorch() -> bool:
@@ -240,8 +265,9 @@ def augmented_attention(
         parts_k.append(zeros)
     q2, k2 = torch.cat(parts_q, dim=-1), torch.cat(parts_k, dim=-1)
     # Flash kernels want one head size for q, k and v: v is widened with zeros and cut back after.
+    # And (batch, heads, tokens, channels) inputs: on CPU, 3-D ones take the unfused math path.
     v2 = F.pad(v, (0, q2.shape[-1] - d))
-    return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., :d]
+    return F.scaled_dot_product_attention(q2[None], k2[None], v2[None], scale=1.0)[0, ..., :d]
 
 
 def _key_position_onehots(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -273,6 +299,8 @@ def _blockwise_attention(
     rows = h if groups > 1 else max(1, ATTENTION_CHUNK_ELEMENTS // (w * n))  # or a few query rows
     if groups > 1 and q.dtype == torch.bfloat16:
         return _widened_window_attention(q * scale, k, v, rel_h, rel_w, groups)
+    if groups == 1 and q.dtype == torch.bfloat16 and cpu_kernels().bf16_global_attention == "widened":
+        return augmented_attention(q, k, v, rel_h, rel_w, scale)
     out = torch.empty(bh, n, v.shape[-1], dtype=q.dtype, device=q.device)
     if groups == 1 and cpu_kernels().global_attention == "sdpa":
         # PyTorch's fused CPU attention, per head and block of query rows: its online softmax never
