@@ -47,10 +47,9 @@ def main() -> None:
 
     if args.precision == "bf16" and not fast_ops.cpu_has_bf16():
         raise SystemExit("error: --precision bf16: this CPU has no bfloat16 instructions (see README)")
-    reduced = torch.bfloat16 if args.precision == "bf16" else None
 
     def encode():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=reduced is not None):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             return model.image_encoder(x).float()
 
     with torch.inference_mode():
