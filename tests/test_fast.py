@@ -16,6 +16,7 @@ from segany.benchmark import mask_iou
 from segany.modeling import fast_ops
 from segany.modeling.common import MLPBlock
 from segany.modeling.image_encoder import decomposed_rel_pos_bias, decomposed_rel_pos_terms
+from segany.modeling.sam import _banded_resize
 
 POINT_CASES = ["img0_point1", "img0_points_pos_neg", "img0_box", "img1_point1", "img1_points_pos_neg", "img1_box"]
 # Both CPU kernel sets run on any CPU (only their speed differs): each test below that takes
@@ -216,6 +217,31 @@ def test_matrix_postprocess_matches_two_interpolations(ref_model, input_size, or
         assert masks.dtype == torch.bool and torch.equal(masks, expected > threshold)
     plain = ref_model.postprocess_masks(low.clone().requires_grad_(), input_size, original_size, 0.0)
     assert plain.dtype == torch.bool and torch.equal(plain, expected > 0)
+
+
+def test_thresholded_postprocess_keeps_ties_and_nan_as_the_comparison_does(ref_model):
+    """Thresholded masks come from a float -> bool cast of relu(logits - t) when the logits are
+    finite: exact zeros, ties and negative zeros must stay False, and NaN logits must not turn True."""
+    size = ref_model.image_encoder.img_size
+    low = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 8
+    low[:, :, 60:120] = 0.0  # resized values exactly 0: a tie with the default threshold
+    low[:, 1, 130:150] = -0.0
+    rows = _banded_resize(256, size, 768, 480, low.device)
+    cols = _banded_resize(256, size, 1024, 640, low.device)
+    by_cols = cols.cols(low)
+    assert (rows.rows(by_cols)[:, :, 160:290] == 0).all()  # input rows 60-120 -> output rows ~150-300
+    for threshold in (0.0, 1.5, -2.0):
+        reference = rows.rows(by_cols) > threshold  # the same block products, compared
+        assert torch.equal(rows.rows_above(by_cols, threshold, finite=True), reference)
+        with torch.inference_mode():
+            masks = ref_model.postprocess_masks(low, (768, 1024), (480, 640), threshold)
+        assert torch.equal(masks, reference)
+    with_nan = low.clone()
+    with_nan[0, 2, 10:14, 10:14] = float("nan")
+    with torch.inference_mode():
+        masks = ref_model.postprocess_masks(with_nan, (768, 1024), (480, 640), 0.0)
+    resized = rows.rows(cols.cols(with_nan))
+    assert torch.isnan(resized).any() and torch.equal(masks, resized > 0)  # NaN: False, as compared
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import torch
@@ -51,6 +52,18 @@ class _BandedResize:
             c0, c1 = int(used.min()), int(used.max()) + 1
             w = weights[o0:o1, c0:c1]
             self.blocks.append((o0, o1, c0, c1, w.contiguous(), w.T.contiguous()))
+        # For cols(): every full block's columns as one window of the same width, its weights
+        # zero-padded to it (nb, width, block), so that one batched product serves all blocks.
+        self.block = block
+        full = self.blocks[: self.out_size // block]
+        width = max((c1 - c0 for _, _, c0, c1, _, _ in full), default=0)
+        starts = [min(c0, weights.shape[1] - width) for _, _, c0, _, _, _ in full]
+        self.window_index = (
+            (torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(width)).reshape(-1).to(weights.device)
+        )
+        self.window_weights = weights.new_zeros((len(full), width, block))
+        for j, ((_, _, c0, c1, _, w_t), start) in enumerate(zip(full, starts)):
+            self.window_weights[j, c0 - start : c1 - start] = w_t
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """(..., low, C) -> (..., out, C)."""
@@ -59,11 +72,25 @@ class _BandedResize:
             y[..., o0:o1, :] = w.to(x.dtype) @ x[..., c0:c1, :]
         return y
 
-    def rows_above(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
-        """(..., low, C) -> (..., out, C) booleans ``rows(x) > threshold``, one block at a time."""
+    def rows_above(self, x: torch.Tensor, threshold: float, finite: bool = False) -> torch.Tensor:
+        """(..., low, C) -> (..., out, C) booleans ``rows(x) > threshold``, one block at a time.
+
+        finite: the caller knows every value of ``rows(x)`` to be finite (not NaN). On CPU a
+        comparison that writes bools is not vectorised (~7x the time of a float -> bool cast of
+        the same block), so for finite values ``v > t`` is taken as ``bool(relu(v - t))``: the
+        same booleans, since a difference of two floats is zero only when they are equal. A NaN
+        would give True there, and False in the comparison.
+        """
         y = x.new_empty(*x.shape[:-2], self.out_size, x.shape[-1], dtype=torch.bool)
+        cast = finite and math.isfinite(threshold) and x.device.type == "cpu"
         for o0, o1, c0, c1, w, _ in self.blocks:
-            torch.gt(w.to(x.dtype) @ x[..., c0:c1, :], threshold, out=y[..., o0:o1, :])
+            values = w.to(x.dtype) @ x[..., c0:c1, :]
+            if cast:
+                if threshold != 0:
+                    values.sub_(threshold)
+                y[..., o0:o1, :] = values.relu_()
+            else:
+                torch.gt(values, threshold, out=y[..., o0:o1, :])
         return y
 
     def rows_counts_above(self, x: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
@@ -99,13 +126,19 @@ class _BandedResize:
 
     def cols(self, x: torch.Tensor) -> torch.Tensor:
         """(..., R, low) -> (..., R, out)."""
-        # Each block's product is copied into its columns of the output: as fast as concatenating
-        # the blocks up to ~1024x768 and faster above (1.7x at 8000x6000); matmul(out=...) into
-        # the strided columns was slower at mid sizes.
-        y = x.new_empty(*x.shape[:-1], self.out_size)
-        for o0, o1, c0, c1, _, w_t in self.blocks:
-            y[..., o0:o1] = x[..., c0:c1] @ w_t.to(x.dtype)
-        return y
+        # The full blocks as one batched product over their gathered input windows, written
+        # through a (block, R, column) view of the output: ~2x faster at 1024x768 than a product
+        # and a strided copy per block, whose fixed costs dominated.
+        rows = x.reshape(-1, x.shape[-1])
+        y = x.new_empty(rows.shape[0], self.out_size)
+        nb, width, block = self.window_weights.shape
+        if nb:
+            windows = rows.index_select(1, self.window_index).view(rows.shape[0], nb, width).transpose(0, 1)
+            out = y[:, : nb * block].view(rows.shape[0], nb, block).transpose(0, 1)
+            torch.bmm(windows, self.window_weights.to(x.dtype), out=out)
+        for o0, o1, c0, c1, _, w_t in self.blocks[nb:]:  # a last, partial block
+            y[:, o0:o1] = rows[:, c0:c1] @ w_t.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_size)
 
 
 @functools.lru_cache(maxsize=16)
@@ -200,7 +233,11 @@ class Sam(nn.Module):
         cols = _banded_resize(low_w, size, int(input_size[1]), w, masks.device)
         if threshold is None:
             return cols.cols(rows.rows(masks))
-        return rows.rows_above(cols.cols(masks), threshold)
+        # Each output is a convex combination of inputs (bilinear weights), so it is finite when
+        # the inputs are finite and not near the float range's end; a NaN anywhere makes aminmax NaN.
+        low, high = torch.aminmax(masks)
+        finite = bool(-1e38 < low) and bool(high < 1e38)
+        return rows.rows_above(cols.cols(masks), threshold, finite)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a (3, H, W) or (B, 3, H, W) image and zero-pad it to the encoder's square input."""
