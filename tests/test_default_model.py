@@ -24,16 +24,18 @@ def test_default_model_is_packaged_and_small():
     assert any(fnmatch.fnmatch(rel, g) for g in globs)
     for beside in ("default_train.yaml", "default_log.jsonl", "default_finetune_512.yaml", "default_finetune_512_log.jsonl",
                    "default_stage3.yaml", "default_stage3_log.jsonl", "default_stage4.yaml", "default_stage4_log.jsonl",
-                   "default_stage5.yaml", "default_stage5_log.jsonl", "default_best.json"):
+                   "default_stage5.yaml", "default_stage5_log.jsonl", "default_stage7.yaml", "default_stage7_log.jsonl",
+                   "default_best.json"):
         assert (path.parent / beside).exists(), beside
 
 
 def test_default_model_matches_its_committed_configs():
-    """The shipped weights are the stage-5 model: stage 2 (fine-tuned at 512 px from stage 1's best
+    """The shipped weights are the stage-7 model: stage 2 (fine-tuned at 512 px from stage 1's best
     checkpoint) resumed in its own folder with more steps and evaluation-placed clicks (stage 3),
     then trained on from stage 3's last step with the same recipe (stage 4), then from stage 4's
-    last step with 16 images per step (stage 5). Its architecture is those configs', and each stage
-    starts where the one before writes."""
+    last step with 16 images per step (stage 5), then from stage 5's last step with 16 corrective
+    rounds and the loss on more of them (stage 7). Its architecture is those configs', and each
+    stage starts where the one before writes."""
     import json
 
     from segany.train.trainer import load_config
@@ -59,10 +61,16 @@ def test_default_model_matches_its_committed_configs():
     assert (stage5.model, stage5.data, stage5.augment, stage5.loss) == (stage4.model, stage4.data, stage4.augment, stage4.loss)
     assert stage5.batch_size > stage4.batch_size and stage5.val == stage4.val
     log5 = [json.loads(line) for line in (weights / "default_stage5_log.jsonl").read_text().splitlines()]
-    best = json.loads((weights / "default_best.json").read_text())
     # The run was stopped between two log lines (--max-minutes) at the config's last step.
-    assert best["stage"] == 5 and best["step"] == stage5.steps
     assert stage5.steps - stage5.log_every < max(r["step"] for r in log5) <= stage5.steps
+    stage7 = load_config(weights / "default_stage7.yaml")
+    assert stage7.init_checkpoint == f"{stage5.output_dir}/final.safetensors"
+    assert (stage7.model, stage7.data, stage7.augment, stage7.loss) == (stage5.model, stage5.data, stage5.augment, stage5.loss)
+    assert stage7.point_rounds > stage5.point_rounds and stage7.grad_rounds > stage5.grad_rounds
+    assert stage7.batch_size == stage5.batch_size and stage7.val == stage5.val
+    log7 = [json.loads(line) for line in (weights / "default_stage7_log.jsonl").read_text().splitlines()]
+    best = json.loads((weights / "default_best.json").read_text())
+    assert best["stage"] == 7 and best["step"] == stage7.steps == max(r["step"] for r in log7)
 
 
 def test_load_default_model_predicts(coco_photo):
