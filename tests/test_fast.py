@@ -265,6 +265,33 @@ def test_predict_batch_shares_image_work_without_changing_results(fp32_predictor
         assert (m != masks[i]).mean() < 1e-4
 
 
+@pytest.mark.parametrize("return_logits", [False, True])
+def test_predict_batch_chunks_write_the_outputs_of_single_calls(fp32_predictor, return_logits):
+    """Over DECODER_CHUNK prompts the chunks are decoded into the outputs in place: with mask inputs
+    and an uneven last chunk, each prompt gets what its own call gives, masks or logits."""
+    from segany.predictor import DECODER_CHUNK
+
+    n = 2 * DECODER_CHUNK + 1
+    h, w = fp32_predictor.original_size
+    rng = np.random.default_rng(1)
+    points = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], -1)[:, None]
+    labels = np.ones((n, 1))
+    feedback = rng.normal(0, 8, size=(n, 1, 256, 256)).astype(np.float32)
+    masks, iou, logits = fp32_predictor.predict_batch(
+        points, labels, mask_input=feedback, multimask_output=False, return_logits=return_logits
+    )
+    assert masks.shape == (n, 1, h, w) and masks.dtype == (np.float32 if return_logits else bool)
+    for i in (0, DECODER_CHUNK, n - 1):  # one prompt of each chunk
+        m, s, lg = fp32_predictor.predict(
+            points[i], labels[i], mask_input=feedback[i], multimask_output=False, return_logits=return_logits
+        )
+        assert np.abs(lg - logits[i]).max() < 1e-4 and np.abs(s - iou[i]).max() < 1e-5
+        if return_logits:
+            assert np.abs(m - masks[i]).max() < 1e-3
+        else:
+            assert (m != masks[i]).mean() < 1e-4
+
+
 def _run_case(predictor, spec, arrays):
     kwargs = {"multimask_output": spec["multimask_output"]}
     if "point_coords" in spec:

@@ -254,15 +254,20 @@ class SamPredictor:
         inputs = (point_coords, point_labels, boxes, mask_input)
         batch = next((t.shape[0] for t in inputs if t is not None), 1)
         chunk = DECODER_CHUNK if self.device.type == "cpu" else batch
-        if batch > chunk:
-            parts = [
-                self._predict_chunk(
-                    *(t[i : i + chunk] if t is not None else None for t in inputs), multimask_output, return_logits
-                )
-                for i in range(0, batch, chunk)
-            ]
-            return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
-        return self._predict_chunk(*inputs, multimask_output, return_logits)
+        if batch <= chunk:
+            return self._predict_chunk(*inputs, multimask_output, return_logits)
+        # The later chunks write into the outputs (concatenating 64 prompts' masks and logits at
+        # 1024x768 would copy ~200 MB); the first chunk's results give their types and shapes.
+        first = self._predict_chunk(
+            *(t[:chunk] if t is not None else None for t in inputs), multimask_output, return_logits
+        )
+        outputs = tuple(x.new_empty((batch, *x.shape[1:])) for x in first)
+        for out, x in zip(outputs, first):
+            out[:chunk] = x
+        for i in range(chunk, batch, chunk):
+            part = (t[i : i + chunk] if t is not None else None for t in inputs)
+            self._predict_chunk(*part, multimask_output, return_logits, out=tuple(o[i : i + chunk] for o in outputs))
+        return outputs  # type: ignore[return-value]
 
     def _predict_chunk(
         self,
@@ -272,7 +277,11 @@ class SamPredictor:
         mask_input: torch.Tensor | None,
         multimask_output: bool,
         return_logits: bool,
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks, IoU predictions and low-res logits of a chunk of prompts, written into ``out``
+        (three tensors of the chunk's shapes) when given."""
+        masks_out, iou_out, low_res_out = out if out is not None else (None, None, None)
         points = (point_coords, point_labels) if point_coords is not None else None
         if not torch.is_grad_enabled():
             # Factored decoding (see batched_decoder): the image side is the shared embedding plus a
@@ -283,12 +292,18 @@ class SamPredictor:
                 sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
             decoder = self._shared_image_decoder()
             iou_predictions, hyper, image = decoder.decode_tokens(sparse, multimask_output, mask_inputs=mask_input)
-            low_res_masks = decoder.upscale_masks(image, hyper)
+            low_res_masks = decoder.upscale_masks(image, hyper, out=low_res_out)
         else:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res_masks, iou_predictions = self._full_decoder(sparse, dense, multimask_output)
+            if low_res_out is not None:
+                low_res_masks = low_res_out.copy_(low_res_masks)
         threshold = None if return_logits else self.model.mask_threshold
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size, threshold)
+        masks = self.model.postprocess_masks(
+            low_res_masks, self.input_size, self.original_size, threshold, out=masks_out
+        )
+        if iou_out is not None:
+            iou_predictions = iou_out.copy_(iou_predictions)
         return masks, iou_predictions, low_res_masks
 
     @property

@@ -72,8 +72,11 @@ class _BandedResize:
             y[..., o0:o1, :] = w.to(x.dtype) @ x[..., c0:c1, :]
         return y
 
-    def rows_above(self, x: torch.Tensor, threshold: float, finite: bool = False) -> torch.Tensor:
-        """(..., low, C) -> (..., out, C) booleans ``rows(x) > threshold``, one block at a time.
+    def rows_above(
+        self, x: torch.Tensor, threshold: float, finite: bool = False, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(..., low, C) -> (..., out, C) booleans ``rows(x) > threshold``, one block at a time,
+        written into ``out`` when given.
 
         finite: the caller knows every value of ``rows(x)`` to be finite (not NaN). On CPU a
         comparison that writes bools is not vectorised (~7x the time of a float -> bool cast of
@@ -81,7 +84,7 @@ class _BandedResize:
         same booleans, since a difference of two floats is zero only when they are equal. A NaN
         would give True there, and False in the comparison.
         """
-        y = x.new_empty(*x.shape[:-2], self.out_size, x.shape[-1], dtype=torch.bool)
+        y = x.new_empty(*x.shape[:-2], self.out_size, x.shape[-1], dtype=torch.bool) if out is None else out
         cast = finite and math.isfinite(threshold) and x.device.type == "cpu"
         for o0, o1, c0, c1, w, _ in self.blocks:
             values = w.to(x.dtype) @ x[..., c0:c1, :]
@@ -139,6 +142,10 @@ class _BandedResize:
         for o0, o1, c0, c1, _, w_t in self.blocks[nb:]:  # a last, partial block
             y[:, o0:o1] = rows[:, c0:c1] @ w_t.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_size)
+
+
+def _into(out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if out is None else out.copy_(x)
 
 
 @functools.lru_cache(maxsize=16)
@@ -210,9 +217,10 @@ class Sam(nn.Module):
         input_size: tuple[int, ...],
         original_size: tuple[int, ...],
         threshold: float | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, M, 256, 256) logits -> (B, M, H, W) logits at the original image size, or with
-        ``threshold`` the boolean masks ``logits > threshold``.
+        ``threshold`` the boolean masks ``logits > threshold``; written into ``out`` when given.
 
         Upsample to the encoder's input size, crop the padding, resize to the original size (both
         bilinear). Both steps are linear and separable, so in inference they run as products with
@@ -227,17 +235,17 @@ class Sam(nn.Module):
             masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
             masks = masks[..., : input_size[0], : input_size[1]]
             masks = F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
-            return masks if threshold is None else masks > threshold
+            return _into(out, masks if threshold is None else masks > threshold)
         low_h, low_w = masks.shape[-2:]
         rows = _banded_resize(low_h, size, int(input_size[0]), h, masks.device)
         cols = _banded_resize(low_w, size, int(input_size[1]), w, masks.device)
         if threshold is None:
-            return cols.cols(rows.rows(masks))
+            return _into(out, cols.cols(rows.rows(masks)))
         # Each output is a convex combination of inputs (bilinear weights), so it is finite when
         # the inputs are finite and not near the float range's end; a NaN anywhere makes aminmax NaN.
         low, high = torch.aminmax(masks)
         finite = bool(-1e38 < low) and bool(high < 1e38)
-        return rows.rows_above(cols.cols(masks), threshold, finite)
+        return rows.rows_above(cols.cols(masks), threshold, finite, out)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a (3, H, W) or (B, 3, H, W) image and zero-pad it to the encoder's square input."""
