@@ -265,6 +265,20 @@ def test_predict_batch_shares_image_work_without_changing_results(fp32_predictor
         assert (m != masks[i]).mean() < 1e-4
 
 
+@pytest.mark.parametrize("tokens", [1000, 4096])
+def test_decoder_upscaling_blocks_do_not_change_the_logits(monkeypatch, fp32_predictor, tokens):
+    """CpuKernels.upscale_tokens only sets how many image tokens each upscaling block holds (an
+    uneven last block included): the logits are those of the default 256."""
+    h, w = fp32_predictor.original_size
+    points = np.array([[[w * 0.3, h * 0.6]], [[w * 0.7, h * 0.2]]])
+    labels = np.ones((2, 1))
+    monkeypatch.setattr(fast_ops, "CPU_KERNELS", fast_ops.AVX512_KERNELS)
+    _, _, want = fp32_predictor.predict_batch(points, labels, return_logits=True)
+    monkeypatch.setattr(fast_ops, "CPU_KERNELS", dataclasses.replace(fast_ops.AVX512_KERNELS, upscale_tokens=tokens))
+    _, _, got = fp32_predictor.predict_batch(points, labels, return_logits=True)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("return_logits", [False, True])
 def test_predict_batch_chunks_write_the_outputs_of_single_calls(fp32_predictor, return_logits):
     """Over DECODER_CHUNK prompts the chunks are decoded into the outputs in place: with mask inputs

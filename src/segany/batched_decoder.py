@@ -43,7 +43,7 @@ from torch import nn
 
 from .modeling import Sam
 from .modeling.common import LayerNorm2d
-from .modeling.fast_ops import linear_act
+from .modeling.fast_ops import cpu_kernels, linear_act
 from .modeling.transformer import Attention
 
 
@@ -64,11 +64,6 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     if len(tensors) == 1 and tensors[0].is_contiguous():
         return tensors[0].unsqueeze(0)
     return torch.stack(tensors)
-
-
-# Image tokens upscaled at once on CPU (_upscaled_in_blocks): a block's activations, 256 tokens
-# x 1024 values after the first convolution and twice that after the second, fit in L2 cache.
-_UPSCALE_BLOCK_TOKENS = 256
 
 
 def _cat_times(parts: list[torch.Tensor], factor: torch.Tensor) -> torch.Tensor:
@@ -826,9 +821,10 @@ class SharedImageMaskDecoder:
 
     def _upscaled_in_blocks(self, image: ImageTokens, hyper: torch.Tensor) -> torch.Tensor:
         """The upscaling and the hypernetwork products as (B, M, N*16) fp32 logits, columns ordered
-        (token, dy1, dx1, dy2, dx2), a prompt and a block of image tokens at a time: each block
-        goes through both convolutions, the norm, the activations and the mask products while it
-        is in cache (all prompts at once stream ~50 MiB per prompt through memory)."""
+        (token, dy1, dx1, dy2, dx2), a prompt and a block of image tokens at a time (as many as
+        ``CpuKernels.upscale_tokens``): each block goes through both convolutions, the norm, the
+        activations and the mask products while it is in cache (all prompts at once stream ~50 MiB
+        per prompt through memory)."""
         b, m, c2 = hyper.shape
         n = image.num_tokens
         c1 = self.up_norm.weight.shape[0]
@@ -840,9 +836,10 @@ class SharedImageMaskDecoder:
             src_out = factored.basis.up1  # (N, 4*c1)
         hyper = hyper.to(self.up2_w.dtype)
         masks = torch.empty((b, m, n * 16), dtype=torch.float32, device=hyper.device)
+        block = cpu_kernels().upscale_tokens
         for i in range(b):
-            for start in range(0, n, _UPSCALE_BLOCK_TOKENS):
-                end = min(n, start + _UPSCALE_BLOCK_TOKENS)
+            for start in range(0, n, block):
+                end = min(n, start + block)
                 if factored is not None:
                     x = torch.addcmul(bias, src_out[start:end], factored.scale[i, start:end])
                     x.addmm_(factored.rows[i, :, start:end].T, cols[i])  # (T, 4*c1)
