@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _timing import in_turns, time_in_subprocess
 
 # Runs inside each subprocess with the version's src/ first on sys.path.
 TIMER = r"""
@@ -58,24 +54,6 @@ print(json.dumps(out))
 """
 
 
-def time_version(src: Path, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [
-        sys.executable,
-        "-c",
-        TIMER,
-        str(src),
-        args.model,
-        str(args.threads),
-        str(args.prompts),
-        str(args.repeats),
-        *args.precisions,
-    ]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"error: timing {src} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the earlier commit (anything git rev-parse takes)")
@@ -90,41 +68,20 @@ def main() -> None:
     if args.prompts < 1 or args.rounds < 1 or args.repeats < 1:
         raise SystemExit("error: --prompts, --rounds and --repeats must be at least 1")
 
-    resolved = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.base}^{{commit}}"],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if resolved.returncode != 0:
-        raise SystemExit(f"error: unknown commit {args.base!r}")
-    base = resolved.stdout.strip()
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="segany-ab-") as tmp:
-        worktree = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(worktree), base], check=True)
-        try:
-            rounds: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
-            for _ in range(args.rounds):
-                rounds["base"].append(time_version(worktree / "src", args))
-                rounds["this"].append(time_version(REPO / "src", args))
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
-    keys = list(rounds["base"][0])
-    medians = {v: {k: statistics.median(r[k] for r in runs) for k in keys} for v, runs in rounds.items()}
-    changed = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"], check=False).returncode
+    timer_args = (args.model, str(args.threads), str(args.prompts), str(args.repeats), *args.precisions)
+    turns = in_turns(args.base, args.rounds, lambda src: time_in_subprocess(TIMER, src, *timer_args))
     result = {
         "benchmark": "mask decoder, two segany versions, random init and embedding, single-point prompts on a 640x480 image",
         "model": args.model,
         "threads": args.threads,
         "prompts": args.prompts,
-        "base_commit": base,
-        "this_commit": head + (" (with uncommitted changes)" if changed else ""),
-        "ms_per_prompt": {v: [{k: round(t, 2) for k, t in r.items()} for r in runs] for v, runs in rounds.items()},
-        "median_ms_per_prompt": {v: {k: round(t, 2) for k, t in m.items()} for v, m in medians.items()},
-        "speedup_this_vs_base": {k: round(medians["base"][k] / medians["this"][k], 3) for k in keys},
+        "base_commit": turns.base_commit,
+        "this_commit": turns.this_commit,
+        "ms_per_prompt": {
+            v: [{k: round(t, 2) for k, t in r.items()} for r in runs] for v, runs in turns.rounds.items()
+        },
+        "median_ms_per_prompt": {v: {k: round(t, 2) for k, t in m.items()} for v, m in turns.medians().items()},
+        "speedup_this_vs_base": turns.speedups(),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _timing import in_turns, time_in_subprocess
 
 # Runs inside each subprocess with the version's src/ first on sys.path.
 TIMER = r"""
@@ -48,14 +44,6 @@ print(json.dumps(out))
 """
 
 
-def time_version(src: Path, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, "-c", TIMER, str(src), args.model, str(args.threads), str(args.repeats), *args.precisions]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"error: timing {src} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the earlier commit (anything git rev-parse takes)")
@@ -67,30 +55,16 @@ def main() -> None:
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
 
-    resolved = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.base}^{{commit}}"], capture_output=True, text=True)
-    if resolved.returncode != 0:
-        raise SystemExit(f"error: unknown commit {args.base!r}")
-    base = resolved.stdout.strip()
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="segany-ab-") as tmp:
-        worktree = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(worktree), base], check=True)
-        try:
-            rounds: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
-            for _ in range(args.rounds):
-                rounds["base"].append(time_version(worktree / "src", args))
-                rounds["this"].append(time_version(REPO / "src", args))
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
-    medians = {v: {k: statistics.median(r[k] for r in runs) for k in args.precisions} for v, runs in rounds.items()}
+    timer_args = (args.model, str(args.threads), str(args.repeats), *args.precisions)
+    turns = in_turns(args.base, args.rounds, lambda src: time_in_subprocess(TIMER, src, *timer_args))
     result = {
         "benchmark": "image encoder forward, two segany versions, random init, one input",
         "model": args.model,
         "threads": args.threads,
-        "base_commit": base,
-        "this_commit": head + (" (with uncommitted changes)" if subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"]).returncode else ""),
-        "seconds": {v: [{k: round(t, 3) for k, t in r.items()} for r in runs] for v, runs in rounds.items()},
-        "speedup_this_vs_base": {k: round(medians["base"][k] / medians["this"][k], 3) for k in args.precisions},
+        "base_commit": turns.base_commit,
+        "this_commit": turns.this_commit,
+        "seconds": {v: [{k: round(t, 3) for k, t in r.items()} for r in runs] for v, runs in turns.rounds.items()},
+        "speedup_this_vs_base": turns.speedups(),
     }
     text = json.dumps(result, indent=2)
     print(text)
