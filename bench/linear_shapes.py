@@ -1,11 +1,14 @@
-"""The image encoder's linear layers (ViT-B shapes, 64x64 tokens) through PyTorch's ``F.linear``
-(MKL's sgemm) and through the oneDNN op segany uses, in fp32 on one thread: how fast this CPU runs
-them, which bounds the fp32 encoder's speed-up over the official package.
+"""The image encoder's linear layers (ViT-B shapes, 64x64 tokens) and the mask decoder's prompt-token
+ones (7 rows) through PyTorch's ``F.linear`` (MKL's sgemm) and through oneDNN's fused op, in fp32 on
+one thread: how fast this CPU runs them, which bounds the fp32 encoder's speed-up over the official
+package, and which of the two segany's kernel set picks for each (``segany_uses``).
 
     python bench/linear_shapes.py [--repeats 5] [--out linear.json]
 """
 
 from __future__ import annotations
+
+import functools
 
 import _common
 import torch
@@ -14,6 +17,13 @@ from _timing import median_ms
 
 # (tokens, in, out, activation) of a ViT-B block: qkv, attention projection, MLP up (GELU), MLP down.
 SHAPES = [(4096, 768, 2304, None), (4096, 768, 768, None), (4096, 768, 3072, "gelu"), (4096, 3072, 768, None)]
+# The mask decoder's prompt tokens (7 for one point): its attention projections.
+SHAPES += [(7, 256, 256, None), (7, 256, 128, None)]
+
+
+def _f_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str | None) -> torch.Tensor:
+    y = F.linear(x, w, b)
+    return F.gelu(y) if act else y
 
 
 def main() -> None:
@@ -27,19 +37,23 @@ def main() -> None:
         for tokens, fan_in, fan_out, act in SHAPES:
             x, w, b = torch.randn(tokens, fan_in), torch.randn(fan_out, fan_in) * 0.02, torch.randn(fan_out)
             flops = 2 * tokens * fan_in * fan_out
-            torch_ms = median_ms(lambda: F.gelu(F.linear(x, w, b)) if act else F.linear(x, w, b), args.repeats)
-            onednn_ms = median_ms(lambda: fast_ops.linear_act(x, w, b, act), args.repeats)
+            repeats = args.repeats if tokens > 64 else 200 * args.repeats  # the small ones take microseconds
+            torch_ms = median_ms(functools.partial(_f_linear, x, w, b, act), repeats)
+            onednn_ms = median_ms(functools.partial(fast_ops._ONEDNN_LINEAR, x, w, b, act or "none", [], "none" if act else ""), repeats)
+            onednn = fast_ops._onednn_preferred(fast_ops.cpu_kernels(), torch.float32, tokens, act)
             rows.append(
                 {
                     "shape": [tokens, fan_in, fan_out],
                     "activation": act,
-                    "f_linear_ms": round(torch_ms, 2),
-                    "segany_ms": round(onednn_ms, 2),
+                    "f_linear_ms": round(torch_ms, 4),
+                    "onednn_ms": round(onednn_ms, 4),
                     "f_linear_gflops": round(flops / torch_ms / 1e6, 1),
-                    "segany_gflops": round(flops / onednn_ms / 1e6, 1),
+                    "onednn_gflops": round(flops / onednn_ms / 1e6, 1),
+                    "segany_uses": "onednn" if onednn else "f_linear",
                 }
             )
-    _common.emit({"benchmark": "linear_shapes", "cpu_bf16": fast_ops.cpu_has_bf16(), "rows": rows}, args)
+    kernels = fast_ops.cpu_kernels()
+    _common.emit({"benchmark": "linear_shapes", "cpu_bf16": fast_ops.cpu_has_bf16(), "kernel_set": repr(kernels), "rows": rows}, args)
 
 
 if __name__ == "__main__":

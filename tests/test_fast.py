@@ -19,9 +19,13 @@ from segany.modeling.image_encoder import decomposed_rel_pos_bias, decomposed_re
 from segany.modeling.sam import _banded_resize
 
 POINT_CASES = ["img0_point1", "img0_points_pos_neg", "img0_box", "img1_point1", "img1_points_pos_neg", "img1_box"]
-# Both CPU kernel sets run on any CPU (only their speed differs): each test below that takes
-# ``kernels`` checks both, whichever this machine would choose.
-KERNEL_SETS = {"avx512_kernels": fast_ops.AVX512_KERNELS, "avx2_kernels": fast_ops.AVX2_KERNELS}
+# Every CPU kernel set runs on any CPU (only their speed differs): each test below that takes
+# ``kernels`` checks all of them, whichever this machine would choose.
+KERNEL_SETS = {
+    "avx512_kernels": fast_ops.AVX512_KERNELS,
+    "avx2_kernels": fast_ops.AVX2_KERNELS,
+    "amx_kernels": fast_ops.AMX_KERNELS,
+}
 
 
 @pytest.fixture(params=list(KERNEL_SETS))
@@ -187,6 +191,43 @@ def test_fused_linear_matches_torch(kernels, activation):
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(("rows", "activation", "dtype", "onednn"), [
+    (7, None, torch.float32, False),  # prompt tokens: below onednn_min_rows
+    (300, None, torch.float32, False),  # fp32 without activation: MKL
+    (300, "gelu", torch.float32, True),  # the GELU fused
+    (7, "gelu", torch.bfloat16, False),
+    (300, None, torch.bfloat16, True),
+])
+def test_linear_runs_where_its_kernel_set_says(monkeypatch, rows, activation, dtype, onednn):
+    """The AMX set sends linears of few rows, and fp32 ones without an activation, to F.linear (MKL),
+    the rest to oneDNN; the AVX-512 set sends all to oneDNN. F.linear's results are its own, bit for bit."""
+    if not fast_ops._check_onednn_linear(dtype):
+        pytest.skip(f"oneDNN has no {dtype} linear on this CPU")
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return onednn_linear(*args)
+
+    onednn_linear = fast_ops._ONEDNN_LINEAR
+    monkeypatch.setattr(fast_ops, "_ONEDNN_LINEAR", counted)
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(rows, 64, generator=gen).to(dtype), torch.randn(32, 64, generator=gen).to(dtype), torch.randn(32).to(dtype)
+    act = {None: lambda y: y, "gelu": F.gelu}[activation]
+    for kernels, expect_onednn in ((fast_ops.AMX_KERNELS, onednn), (fast_ops.AVX512_KERNELS, True)):
+        calls.clear()
+        monkeypatch.setattr(fast_ops, "CPU_KERNELS", kernels)
+        with torch.inference_mode():
+            got = fast_ops.linear_act(x, w, b, activation)
+        assert len(calls) == int(expect_onednn)
+        reference = act(F.linear(x, w, b))
+        if expect_onednn:
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            torch.testing.assert_close(got, reference, rtol=tol, atol=tol)
+        else:
+            assert torch.equal(got, reference)
 
 
 def test_fused_linear_keeps_autograd():

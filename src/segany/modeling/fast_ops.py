@@ -53,6 +53,11 @@ class CpuKernels:
     upscale_tokens: the mask decoder's upscaling (both convolutions, norm, GELUs and the mask
         products) runs on blocks of this many image tokens per prompt: 256 keep a block's
         activations (~0.75 MiB) within a 1 MiB L2 cache; larger blocks make fewer, larger products.
+    onednn_min_rows: linears over fewer rows (tokens) than this run through ``F.linear``. oneDNN's
+        op costs ~40 us a call before any arithmetic (it takes the weight unpacked), more than a
+        whole 7-row product of the mask decoder's prompt tokens through MKL.
+    onednn_fp32_plain: fp32 linears without an activation run through oneDNN; else through
+        ``F.linear``, where MKL's sgemm is the faster one (Intel CPUs; on Zen 4 it was ~2x slower).
     """
 
     fused_gelu: bool = True
@@ -60,6 +65,8 @@ class CpuKernels:
     global_attention: str = "onednn"
     bf16_global_attention: str = "same"
     upscale_tokens: int = 256
+    onednn_min_rows: int = 0
+    onednn_fp32_plain: bool = True
 
 
 # Measured on an AMD Zen 4 (AVX-512 with bf16), an AMD Zen 3 (AVX2 only; docs/bench/*-cpu-avx2/)
@@ -68,7 +75,9 @@ class CpuKernels:
 AVX512_KERNELS = CpuKernels()
 AVX2_KERNELS = CpuKernels(fused_gelu=False, mlp_rows=256, global_attention="sdpa")
 # On the AMX Xeon (2 MiB of L2 per core) the upscaling ran ~10% faster in blocks of 1024 tokens than 256.
-AMX_KERNELS = CpuKernels(bf16_global_attention="widened", upscale_tokens=1024)
+# There MKL's sgemm ran the encoder's fp32 linears ~10% faster than oneDNN (bench/linear_shapes.py;
+# equal with the GELU fused) and any linear of fewer than 256 rows faster, in fp32 and in bf16.
+AMX_KERNELS = CpuKernels(bf16_global_attention="widened", upscale_tokens=1024, onednn_min_rows=256, onednn_fp32_plain=False)
 # Set to force one set (benchmarks, tests); None: chosen from the CPU's capability.
 CPU_KERNELS: CpuKernels | None = None
 
@@ -169,6 +178,13 @@ def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None) -> 
     return _ACTIVATIONS[activation][0](layer(x))
 
 
+def _onednn_preferred(kernels: CpuKernels, dtype: torch.dtype, rows: int, activation: str | None) -> bool:
+    """Whether a CPU linear of ``rows`` rows runs through oneDNN in this kernel set (else F.linear)."""
+    if rows < kernels.onednn_min_rows:
+        return False
+    return kernels.onednn_fp32_plain or dtype != torch.float32 or activation is not None
+
+
 def linear_act(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
 ) -> torch.Tensor:
@@ -177,15 +193,17 @@ def linear_act(
     act, attr, algorithm = _ACTIVATIONS[activation]
     if x.device.type == "cpu":
         dtype = compute_dtype(x)
+        kernels = cpu_kernels()
         if (
-            dtype in (torch.float32, torch.bfloat16)
+            _onednn_preferred(kernels, dtype, x.numel() // max(x.shape[-1], 1), activation)
+            and dtype in (torch.float32, torch.bfloat16)
             and weight.dtype in (torch.float32, torch.bfloat16)
             and _inference_only(x, weight)
             and _check_onednn_linear(dtype)
         ):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-            if activation == "gelu" and not cpu_kernels().fused_gelu:
+            if activation == "gelu" and not kernels.fused_gelu:
                 return torch.ops.aten.gelu_(_ONEDNN_LINEAR(x, weight, bias, "none", [], ""))
             return _ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
         elif weight.dtype != x.dtype and _autocast_dtype(x) is None:  # F.linear wants one dtype; the fused op casts
