@@ -46,12 +46,13 @@ DATA = REPO.parent / "shared" / "data"
 VAL = r"(0[7-9]|1[0-9])_[0-9]{12}$"
 
 
-def tuning_objects(every: int = 5):
-    """Every Nth held-out object: on no photo of COCO-MVal, whose training split the default model
-    trains on and whose validation split the README reports (COCO-MVal's photos are COCO's)."""
+def tuning_objects(every: int = 5, min_area: float = 2500):
+    """Every Nth held-out object of at least ``min_area`` px: on no photo of COCO-MVal, whose training
+    split the default model trains on and whose validation split the README reports (COCO-MVal's
+    photos are COCO's)."""
     mval_photos = {m.group(1) for f in (DATA / "coco_mval" / "images").iterdir() if (m := COCO_ID.search(f.stem))}
     objects = load_coco_objects(DATA / "coco_tiny/annotations/instances_val2017.json", DATA / "coco_tiny/val2017",
-                                min_area=2500)
+                                min_area=min_area)
     return [o for o in objects if o.key.split("#")[0] not in mval_photos][::every]
 
 
