@@ -17,8 +17,9 @@ from _timing import median_ms
 
 # (tokens, in, out, activation) of a ViT-B block: qkv, attention projection, MLP up (GELU), MLP down.
 SHAPES = [(4096, 768, 2304, None), (4096, 768, 768, None), (4096, 768, 3072, "gelu"), (4096, 3072, 768, None)]
-# The mask decoder's prompt tokens (7 for one point): its attention projections.
-SHAPES += [(7, 256, 256, None), (7, 256, 128, None)]
+# The mask decoder: its prompt tokens' attention projections (7 rows for one point) and, in training,
+# the image side of a batch of 16 masks at 32x32 tokens (the default model at 512 px).
+SHAPES += [(7, 256, 256, None), (7, 256, 128, None), (16384, 256, 128, None), (16384, 256, 256, None)]
 
 
 def _f_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str | None) -> torch.Tensor:
@@ -40,7 +41,7 @@ def main() -> None:
             repeats = args.repeats if tokens > 64 else 200 * args.repeats  # the small ones take microseconds
             torch_ms = median_ms(functools.partial(_f_linear, x, w, b, act), repeats)
             onednn_ms = median_ms(functools.partial(fast_ops._ONEDNN_LINEAR, x, w, b, act or "none", [], "none" if act else ""), repeats)
-            onednn = fast_ops._onednn_preferred(fast_ops.cpu_kernels(), torch.float32, tokens, act)
+            onednn = fast_ops._onednn_preferred(fast_ops.cpu_kernels(), torch.float32, tokens, fan_in, act)
             rows.append(
                 {
                     "shape": [tokens, fan_in, fan_out],

@@ -193,16 +193,18 @@ def test_fused_linear_matches_torch(kernels, activation):
     torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
 
 
-@pytest.mark.parametrize(("rows", "activation", "dtype", "onednn"), [
-    (7, None, torch.float32, False),  # prompt tokens: below onednn_min_rows
-    (300, None, torch.float32, False),  # fp32 without activation: MKL
-    (300, "gelu", torch.float32, True),  # the GELU fused
-    (7, "gelu", torch.bfloat16, False),
-    (300, None, torch.bfloat16, True),
+@pytest.mark.parametrize(("rows", "features", "activation", "dtype", "onednn"), [
+    (7, 64, None, torch.float32, False),  # prompt tokens: below onednn_min_rows
+    (300, 512, None, torch.float32, False),  # fp32, no activation, wide inputs: MKL
+    (300, 64, None, torch.float32, True),  # narrow inputs: oneDNN
+    (300, 512, "gelu", torch.float32, True),  # the GELU fused
+    (7, 64, "gelu", torch.bfloat16, False),
+    (300, 512, None, torch.bfloat16, True),
 ])
-def test_linear_runs_where_its_kernel_set_says(monkeypatch, rows, activation, dtype, onednn):
-    """The AMX set sends linears of few rows, and fp32 ones without an activation, to F.linear (MKL),
-    the rest to oneDNN; the AVX-512 set sends all to oneDNN. F.linear's results are its own, bit for bit."""
+def test_linear_runs_where_its_kernel_set_says(monkeypatch, rows, features, activation, dtype, onednn):
+    """The AMX set sends linears of few rows, and fp32 ones without an activation on wide inputs, to
+    F.linear (MKL), the rest to oneDNN; the AVX-512 set sends all to oneDNN. F.linear's results are
+    its own, bit for bit."""
     if not fast_ops._check_onednn_linear(dtype):
         pytest.skip(f"oneDNN has no {dtype} linear on this CPU")
     calls = []
@@ -214,7 +216,8 @@ def test_linear_runs_where_its_kernel_set_says(monkeypatch, rows, activation, dt
     onednn_linear = fast_ops._ONEDNN_LINEAR
     monkeypatch.setattr(fast_ops, "_ONEDNN_LINEAR", counted)
     gen = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(rows, 64, generator=gen).to(dtype), torch.randn(32, 64, generator=gen).to(dtype), torch.randn(32).to(dtype)
+    x = torch.randn(rows, features, generator=gen).to(dtype)
+    w, b = (torch.randn(32, features, generator=gen) / features**0.5).to(dtype), torch.randn(32).to(dtype)
     act = {None: lambda y: y, "gelu": F.gelu}[activation]
     for kernels, expect_onednn in ((fast_ops.AMX_KERNELS, onednn), (fast_ops.AVX512_KERNELS, True)):
         calls.clear()

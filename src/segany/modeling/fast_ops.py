@@ -56,8 +56,10 @@ class CpuKernels:
     onednn_min_rows: linears over fewer rows (tokens) than this run through ``F.linear``. oneDNN's
         op costs ~40 us a call before any arithmetic (it takes the weight unpacked), more than a
         whole 7-row product of the mask decoder's prompt tokens through MKL.
-    onednn_fp32_plain: fp32 linears without an activation run through oneDNN; else through
-        ``F.linear``, where MKL's sgemm is the faster one (Intel CPUs; on Zen 4 it was ~2x slower).
+    mkl_fp32_features: fp32 linears without an activation whose inputs have at least this many
+        features run through ``F.linear``, whose MKL sgemm is the faster there (on an Intel Xeon, ~8-10%
+        for ViT-B's 768 and 3072 features; oneDNN by 2-10% for the mask decoder's 128 and 256; on
+        Zen 4 MKL was ~2x slower); None: all through oneDNN.
     """
 
     fused_gelu: bool = True
@@ -66,7 +68,7 @@ class CpuKernels:
     bf16_global_attention: str = "same"
     upscale_tokens: int = 256
     onednn_min_rows: int = 0
-    onednn_fp32_plain: bool = True
+    mkl_fp32_features: int | None = None
 
 
 # Measured on an AMD Zen 4 (AVX-512 with bf16), an AMD Zen 3 (AVX2 only; docs/bench/*-cpu-avx2/)
@@ -75,9 +77,12 @@ class CpuKernels:
 AVX512_KERNELS = CpuKernels()
 AVX2_KERNELS = CpuKernels(fused_gelu=False, mlp_rows=256, global_attention="sdpa")
 # On the AMX Xeon (2 MiB of L2 per core) the upscaling ran ~10% faster in blocks of 1024 tokens than 256.
-# There MKL's sgemm ran the encoder's fp32 linears ~10% faster than oneDNN (bench/linear_shapes.py;
-# equal with the GELU fused) and any linear of fewer than 256 rows faster, in fp32 and in bf16.
-AMX_KERNELS = CpuKernels(bf16_global_attention="widened", upscale_tokens=1024, onednn_min_rows=256, onednn_fp32_plain=False)
+# There MKL's sgemm ran ViT-B's fp32 linears ~10% faster than oneDNN (bench/linear_shapes.py; equal
+# with the GELU fused; oneDNN was faster for 256 input features) and any linear of fewer than 256
+# rows faster, in fp32 and in bf16.
+AMX_KERNELS = CpuKernels(
+    bf16_global_attention="widened", upscale_tokens=1024, onednn_min_rows=256, mkl_fp32_features=512
+)
 # Set to force one set (benchmarks, tests); None: chosen from the CPU's capability.
 CPU_KERNELS: CpuKernels | None = None
 
@@ -178,11 +183,15 @@ def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None) -> 
     return _ACTIVATIONS[activation][0](layer(x))
 
 
-def _onednn_preferred(kernels: CpuKernels, dtype: torch.dtype, rows: int, activation: str | None) -> bool:
-    """Whether a CPU linear of ``rows`` rows runs through oneDNN in this kernel set (else F.linear)."""
+def _onednn_preferred(
+    kernels: CpuKernels, dtype: torch.dtype, rows: int, features: int, activation: str | None
+) -> bool:
+    """Whether a CPU linear of ``rows`` x ``features`` inputs runs through oneDNN in this kernel set
+    (else F.linear)."""
     if rows < kernels.onednn_min_rows:
         return False
-    return kernels.onednn_fp32_plain or dtype != torch.float32 or activation is not None
+    mkl = kernels.mkl_fp32_features
+    return mkl is None or dtype != torch.float32 or activation is not None or features < mkl
 
 
 def linear_act(
@@ -195,7 +204,7 @@ def linear_act(
         dtype = compute_dtype(x)
         kernels = cpu_kernels()
         if (
-            _onednn_preferred(kernels, dtype, x.numel() // max(x.shape[-1], 1), activation)
+            _onednn_preferred(kernels, dtype, x.numel() // max(x.shape[-1], 1), x.shape[-1], activation)
             and dtype in (torch.float32, torch.bfloat16)
             and weight.dtype in (torch.float32, torch.bfloat16)
             and _inference_only(x, weight)
