@@ -1,5 +1,6 @@
 """Timing helpers of the benchmarks that must not put this checkout's ``src`` on the path first
-(``_common`` does): the median of repeated calls, and two segany versions timed in turns.
+(``_common`` does): the median of repeated calls, two segany versions timed in turns, and their
+JSON output.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def print_json(result: dict, out: str | None, indent: int = 2) -> None:
+    """Print ``result`` as JSON, and write it to the file ``out`` too when given."""
+    text = json.dumps(result, indent=indent)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 def time_in_subprocess(timer: str, src: Path, *args: str) -> dict[str, float]:

@@ -13,10 +13,8 @@ rounds (base / this checkout).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from _timing import in_turns, time_in_subprocess
+from _timing import in_turns, print_json, time_in_subprocess
 
 # Runs inside each subprocess with the version's src/ first on sys.path.
 TIMER = r"""
@@ -83,10 +81,7 @@ def main() -> None:
         "median_ms_per_prompt": {v: {k: round(t, 2) for k, t in m.items()} for v, m in turns.medians().items()},
         "speedup_this_vs_base": turns.speedups(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ ratio of the medians (base / this checkout).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from _timing import in_turns, time_in_subprocess
+from _timing import in_turns, print_json, time_in_subprocess
 
 # Runs inside each subprocess with the version's src/ first on sys.path.
 TIMER = r"""
@@ -66,10 +64,7 @@ def main() -> None:
         "seconds": {v: [{k: round(t, 3) for k, t in r.items()} for r in runs] for v, runs in turns.rounds.items()},
         "speedup_this_vs_base": turns.speedups(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_json(result, args.out)
 
 
 if __name__ == "__main__":

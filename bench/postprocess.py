@@ -11,11 +11,10 @@ Compare two versions by putting the other one's ``src`` first on the path, in tu
 from __future__ import annotations
 
 import argparse
-import json
 from functools import partial
 
 import torch
-from _timing import median_ms
+from _timing import median_ms, print_json
 
 SIZES = [(480, 640), (768, 1024), (3000, 4000)]
 
@@ -54,11 +53,7 @@ def main() -> None:
                 ),
                 "logits": round(median_ms(partial(model.postprocess_masks, low, input_size, (h, w)), repeats), 3),
             }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    print_json(result, args.out, indent=1)
 
 
 if __name__ == "__main__":
