@@ -28,6 +28,19 @@ KERNEL_SETS = {
 }
 
 
+def _record_calls(monkeypatch, name: str) -> list:
+    """Wrap ``fast_ops.<name>`` so that each call appends its first argument's shape to the returned list."""
+    calls = []
+    original = getattr(fast_ops, name)
+
+    def recorded(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(fast_ops, name, recorded)
+    return calls
+
+
 @pytest.fixture(params=list(KERNEL_SETS))
 def kernels(request, monkeypatch):
     monkeypatch.setattr(fast_ops, "CPU_KERNELS", KERNEL_SETS[request.param])
@@ -80,14 +93,7 @@ def test_bf16_global_attention_of_the_amx_set_is_as_accurate_as_the_reference_ar
     fused attention over heads widened with the bias factors. On bf16 inputs it must be at least as
     close to the fp32 result as the reference arithmetic (explicit_attention) run in bf16."""
     monkeypatch.setattr(fast_ops, "CPU_KERNELS", fast_ops.AMX_KERNELS)
-    calls = []
-
-    def spy(*args):
-        calls.append(args[0].shape)
-        return augmented_attention(*args)
-
-    augmented_attention = fast_ops.augmented_attention
-    monkeypatch.setattr(fast_ops, "augmented_attention", spy)
+    calls = _record_calls(monkeypatch, "augmented_attention")
     got = _assert_bf16_attention_beats_the_reference_arithmetic(size, heads=3, seed=2)
     assert calls == [got.shape] and got.shape == (3, size[0] * size[1], 64)
 
@@ -207,14 +213,7 @@ def test_linear_runs_where_its_kernel_set_says(monkeypatch, rows, features, acti
     its own, bit for bit."""
     if not fast_ops._check_onednn_linear(dtype):
         pytest.skip(f"oneDNN has no {dtype} linear on this CPU")
-    calls = []
-
-    def counted(*args):
-        calls.append(args[0].shape)
-        return onednn_linear(*args)
-
-    onednn_linear = fast_ops._ONEDNN_LINEAR
-    monkeypatch.setattr(fast_ops, "_ONEDNN_LINEAR", counted)
+    calls = _record_calls(monkeypatch, "_ONEDNN_LINEAR")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, features, generator=gen).to(dtype)
     w, b = (torch.randn(32, features, generator=gen) / features**0.5).to(dtype), torch.randn(32).to(dtype)
