@@ -68,6 +68,8 @@ def in_turns(base: str, rounds: int, time_version: Callable[[Path], dict[str, fl
     """Time the earlier commit ``base`` (checked out in a temporary git worktree) and this checkout
     in turns, ``rounds`` times each, so that drifts of the host hit both: ``time_version(src)``
     times the version whose ``src`` directory it is given."""
+    if rounds < 1:
+        raise SystemExit("error: --rounds must be at least 1")
     git = ["git", "-C", str(REPO)]
     resolved = subprocess.run(
         [*git, "rev-parse", "--verify", f"{base}^{{commit}}"], check=False, capture_output=True, text=True
