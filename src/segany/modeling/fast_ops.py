@@ -54,7 +54,7 @@ class CpuKernels:
         products) runs on blocks of this many image tokens per prompt: 256 keep a block's
         activations (~0.75 MiB) within a 1 MiB L2 cache; larger blocks make fewer, larger products.
     onednn_min_rows: linears over fewer rows (tokens) than this run through ``F.linear``. oneDNN's
-        op costs ~40 us a call before any arithmetic (it takes the weight unpacked), more than a
+        op costs ~20-40 us a call before any arithmetic (it takes the weight unpacked), more than a
         whole 7-row product of the mask decoder's prompt tokens through MKL.
     mkl_fp32_features: fp32 linears without an activation whose inputs have at least this many
         features run through ``F.linear``, whose MKL sgemm is the faster there (on an Intel Xeon, ~8-10%
