@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from test_trainer import _env
 
 from segany.train.data import COCO_ID, load_source
@@ -33,7 +34,8 @@ def test_tuning_objects_are_held_out_from_training_and_validation(data_dir):
     photos = {o.key.split("#")[0] for o in objects}
     assert all(len(p) == 12 and p.isdigit() for p in photos)  # COCO ids of val2017 photos
     photos_of: dict[tuple, set[str]] = {}  # the stages share their sources: each is read once
-    for name in ("default_train.yaml", "default_stage3.yaml", "default_stage4.yaml", "default_stage5.yaml", "default_stage7.yaml"):
+    for name in ("default_train.yaml", "default_stage3.yaml", "default_stage4.yaml", "default_stage5.yaml", "default_stage7.yaml",
+                 "default_stage8.yaml"):
         cfg = load_config(WEIGHTS / name)
         trained = set()
         for source in cfg.data:
@@ -59,3 +61,40 @@ def test_compare_checkpoints_runs_and_rejects_bad_files(tmp_path, data_dir):
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 1 and rows[0]["objects"] == 5  # 284 held-out objects, every 60th
     assert all(0 < rows[0][f"miou@{k}"] <= 1 for k in (1, 5, 20)) and 1 <= rows[0]["noc90"] <= 20
+
+
+def test_by_area_splits_results_by_object_size(tmp_path):
+    """scripts/by_area.py: quartiles of ground-truth area (bounds from the first file), the share of
+    each quartile that ever reaches 0.85 / 0.90, and a one-line error for results it cannot place."""
+    from PIL import Image
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    curves = {}
+    for i, side in enumerate((4, 8, 16, 24, 32, 40, 48, 56)):  # object areas grow with i: 2 per quartile
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / f"obj{i}.jpg")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:side, :side] = 255
+        mask[side : side + 2, :side] = 128  # an ignore band counts as neither object nor background
+        Image.fromarray(mask).save(masks / f"obj{i}.png")
+        best = 0.95 if i % 2 else (0.87 if i >= 4 else 0.5)  # per quartile: one reaches 0.9; the other 0.85 from quartile 3 on
+        curves[f"obj{i}"] = [0.3] * 4 + [best] * 16
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"per_object": curves}))
+    out = tmp_path / "by_area.json"
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "by_area.py"), str(results), "--images", str(images),
+                          "--masks", str(masks), "--output", str(out)], env=_env(), capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["objects"] for r in rows] == [2, 2, 2, 2]
+    assert [r["reach_90"] for r in rows] == [0.5, 0.5, 0.5, 0.5]
+    assert [r["reach_85"] for r in rows] == [0.5, 0.5, 1.0, 1.0]
+    assert rows[0]["miou@5"] == round((0.5 + 0.95) / 2, 3) and rows[0]["miou@20"] == rows[0]["miou@5"]
+
+    curves["elsewhere"] = [0.5] * 20
+    results.write_text(json.dumps({"per_object": curves}))
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "by_area.py"), str(results), "--images", str(images),
+                          "--masks", str(masks)], env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode != 0 and "1 objects of the results have no mask" in run.stderr and "Traceback" not in run.stderr
