@@ -88,11 +88,12 @@ def main() -> None:
     rows = []
     for path, per_object in results.items():
         rows.extend(rows_for(path, per_object, quartile_of))
+    shown_bounds = [round(float(b), 4) for b in bounds]
     for row in rows:
         print(json.dumps(row), flush=True)
-    print(json.dumps({"area_quartile_bounds": [round(float(b), 4) for b in bounds]}))
+    print(json.dumps({"area_quartile_bounds": shown_bounds}))
     if args.output:
-        doc = {"area_quartile_bounds": [round(float(b), 4) for b in bounds], "rows": rows}
+        doc = {"area_quartile_bounds": shown_bounds, "rows": rows}
         atomic_write_bytes(args.output, (json.dumps(doc, indent=1) + "\n").encode())
 
 

@@ -17,12 +17,13 @@ from segany.train.trainer import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "compare_checkpoints.py"
+BY_AREA = REPO / "scripts" / "by_area.py"
 WEIGHTS = REPO / "src" / "segany" / "weights"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=_env(), capture_output=True, text=True,
-                          timeout=600, check=False, cwd=REPO)
+def _run(*args: str, script: Path = SCRIPT, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], env=_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=REPO)
 
 
 def test_tuning_objects_are_held_out_from_training_and_validation(data_dir):
@@ -83,9 +84,8 @@ def test_by_area_splits_results_by_object_size(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"per_object": curves}))
     out = tmp_path / "by_area.json"
-    run = subprocess.run([sys.executable, str(REPO / "scripts" / "by_area.py"), str(results), "--images", str(images),
-                          "--masks", str(masks), "--output", str(out)], env=_env(), capture_output=True, text=True,
-                         timeout=120, check=False)
+    folders = ("--images", str(images), "--masks", str(masks))
+    run = _run(str(results), *folders, "--output", str(out), script=BY_AREA, timeout=120)
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["objects"] for r in rows] == [2, 2, 2, 2]
@@ -95,6 +95,5 @@ def test_by_area_splits_results_by_object_size(tmp_path):
 
     curves["elsewhere"] = [0.5] * 20
     results.write_text(json.dumps({"per_object": curves}))
-    run = subprocess.run([sys.executable, str(REPO / "scripts" / "by_area.py"), str(results), "--images", str(images),
-                          "--masks", str(masks)], env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    run = _run(str(results), *folders, script=BY_AREA, timeout=120)
     assert run.returncode != 0 and "1 objects of the results have no mask" in run.stderr and "Traceback" not in run.stderr
