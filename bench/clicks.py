@@ -89,7 +89,7 @@ def timed(fn, pairs, repeats: int) -> tuple[float, list]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(_common.REPO / "src/segany/weights/default_stage8.yaml"))
+    p.add_argument("--config", default=str(_common.REPO / "src/segany/weights/default_stage9.yaml"))
     p.add_argument("--images-sampled", type=int, default=24)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)

@@ -121,7 +121,7 @@ def test_compact_copy_refuses_a_config_that_trains_on_its_validation(tmp_path, d
 def test_next_stage_gpu_config_is_stage3_on_the_compact_copy():
     """docs/default_model/next_stage_gpu.yaml (for a GPU session) trains what stage 3 trained, read from
     the compact copy the script writes: the same folders, validation apart, the same recipe, with
-    the interaction and schedule of stage 7 (trained on CPU; stage 8, the shipped default, repeats it)."""
+    the interaction and schedule of stage 7 (trained on CPU; stages 8 and 9, the shipped default, repeat it)."""
     stage3 = load_config(REPO / "src" / "segany" / "weights" / "default_stage3.yaml")
     gpu = load_config(REPO / "docs" / "default_model" / "next_stage_gpu.yaml")
     fields = [(d.kind, d.images, d.masks, d.annotations) for d in stage3.data]

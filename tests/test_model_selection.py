@@ -36,7 +36,7 @@ def test_tuning_objects_are_held_out_from_training_and_validation(data_dir):
     assert all(len(p) == 12 and p.isdigit() for p in photos)  # COCO ids of val2017 photos
     photos_of: dict[tuple, set[str]] = {}  # the stages share their sources: each is read once
     for name in ("default_train.yaml", "default_stage3.yaml", "default_stage4.yaml", "default_stage5.yaml", "default_stage7.yaml",
-                 "default_stage8.yaml"):
+                 "default_stage8.yaml", "default_stage9.yaml"):
         cfg = load_config(WEIGHTS / name)
         trained = set()
         for source in cfg.data:
