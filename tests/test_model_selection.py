@@ -18,6 +18,7 @@ from segany.train.trainer import load_config
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "compare_checkpoints.py"
 BY_AREA = REPO / "scripts" / "by_area.py"
+CEILING = REPO / "scripts" / "mask_grid_ceiling.py"
 WEIGHTS = REPO / "src" / "segany" / "weights"
 
 
@@ -97,3 +98,32 @@ def test_by_area_splits_results_by_object_size(tmp_path):
     results.write_text(json.dumps({"per_object": curves}))
     run = _run(str(results), *folders, script=BY_AREA, timeout=120)
     assert run.returncode != 0 and "1 objects of the results have no mask" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_mask_grid_ceiling_finds_what_the_low_res_grid_cannot_draw(tmp_path):
+    """scripts/mask_grid_ceiling.py: near-ideal low-res logits draw large objects almost exactly at any
+    input size, while a 5 px square is beyond a 512 px model's 128 x 128 grid and within a 1024 px one's."""
+    from PIL import Image
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, side in enumerate((5, 8, 40, 300)):  # one object per area quartile
+        Image.fromarray(np.zeros((500, 500, 3), np.uint8)).save(images / f"sq{i}.jpg")
+        mask = np.zeros((500, 500), np.uint8)
+        mask[100 : 100 + side, 100 : 100 + side] = 255
+        mask[100 + side : 104 + side, 100 : 100 + side] = 128  # an ignore band below: neither object nor background
+        Image.fromarray(mask).save(masks / f"sq{i}.png")
+    out = tmp_path / "ceiling.json"
+    folders = ("--images", str(images), "--masks", str(masks), "--match", "")
+    run = _run("--sizes", "512", "1024", *folders, "--output", str(out), script=CEILING, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rows = {(r["img_size"], r["quartile"]): r for r in json.loads(out.read_text())["rows"]}
+    assert all(r["objects"] == 1 for r in rows.values()) and len(rows) == 8
+    assert rows[512, 1]["reach_85"] == 0 and rows[512, 1]["mean_iou"] < 0.5
+    assert rows[1024, 1]["reach_90"] == 1 and rows[1024, 1]["mean_iou"] > 0.95
+    assert rows[512, 4]["mean_iou"] > 0.99 and rows[1024, 4]["mean_iou"] > 0.99
+    assert rows[512, 3]["mean_iou"] < rows[1024, 3]["mean_iou"]
+
+    run = _run("--sizes", "500", *folders, script=CEILING, timeout=120)
+    assert run.returncode != 0 and "multiples of 16" in run.stderr and "Traceback" not in run.stderr
