@@ -8,12 +8,16 @@ at least 2,500 px, which no training config uses, without the 12 photos that COC
     python scripts/compare_checkpoints.py src/segany/weights/default.safetensors runs/a/last.pt runs/b/last.pt \\
         --output docs/default_model/stage4_candidates.json
 
+--img-size S runs every checkpoint at input size S instead of its own, its position weights resized
+(as `init_checkpoint` does in training): how a model does at another resolution before any training.
+
 Prints one JSON line per checkpoint and writes them all to --output (atomically). Needs ../shared/data.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,6 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="model files (.safetensors, .pth, a run's last.pt)")
     p.add_argument("--every", type=int, default=3, help="every Nth object of the tuning set (default 3)")
+    p.add_argument("--img-size", type=int, help="run each model at this input size (px, a multiple of its patch size)")
     p.add_argument("--output", help="write the results as one JSON file")
     args = p.parse_args()
     if not DATA.exists():
@@ -44,15 +49,21 @@ def main() -> None:
     for path in args.checkpoints:
         try:
             models[path] = load_model(path)
+            if args.img_size is not None and args.img_size != models[path].config.img_size:
+                config = dataclasses.replace(models[path].config, img_size=args.img_size)
+                models[path] = load_model(path, config, resize_positions=True)
         except CheckpointError as exc:
             sys.exit(f"error: {exc}")
+        except ValueError as exc:  # an input size the architecture cannot take
+            sys.exit(f"error: --img-size {args.img_size}: {exc}")
     objects = tuning_objects(args.every)
     options = EvalOptions(max_clicks=20, long_side=500)
     rows = []
     for path, model in models.items():
         t0 = time.time()
         result = evaluate(SamClicker(SamPredictor(model)), objects, options, progress=False)
-        row = {"checkpoint": path, **summary_row(result, (1, 2, 5, 10, 20)), "seconds": round(time.time() - t0)}
+        size = {"img_size": args.img_size} if args.img_size is not None else {}
+        row = {"checkpoint": path, **size, **summary_row(result, (1, 2, 5, 10, 20)), "seconds": round(time.time() - t0)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.output:

@@ -64,6 +64,15 @@ def test_compare_checkpoints_runs_and_rejects_bad_files(tmp_path, data_dir):
     assert len(rows) == 1 and rows[0]["objects"] == 5  # 284 held-out objects, every 60th
     assert all(0 < rows[0][f"miou@{k}"] <= 1 for k in (1, 5, 20)) and 1 <= rows[0]["noc90"] <= 20
 
+    # --img-size: the same model at another input size (position weights resized), which changes its answers.
+    done = _run(str(WEIGHTS / "default.safetensors"), "--every", "60", "--img-size", "640", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-800:]
+    resized = json.loads(out.read_text())["results"][0]
+    assert resized["img_size"] == 640 and resized["objects"] == 5 and "img_size" not in rows[0]
+    assert [resized[f"miou@{k}"] for k in (1, 2, 5, 10, 20)] != [rows[0][f"miou@{k}"] for k in (1, 2, 5, 10, 20)]
+    done = _run(str(WEIGHTS / "default.safetensors"), "--img-size", "500")
+    assert done.returncode == 1 and "--img-size 500" in done.stderr and "Traceback" not in done.stderr
+
 
 def test_by_area_splits_results_by_object_size(tmp_path):
     """scripts/by_area.py: quartiles of ground-truth area (bounds from the first file), the share of
