@@ -11,6 +11,9 @@ at least 2,500 px, which no training config uses, without the 12 photos that COC
 --img-size S runs every checkpoint at input size S instead of its own, its position weights resized
 (as `init_checkpoint` does in training): how a model does at another resolution before any training.
 
+--by-area adds to each row the share of objects that ever reach IoU 0.85 / 0.90 and mIoU@5 / @20 per
+quartile of object area (as scripts/by_area.py does for validation results).
+
 Prints one JSON line per checkpoint and writes them all to --output (atomically). Needs ../shared/data.
 """
 
@@ -23,10 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
+from by_area import rows_for
 from refine_tuning import DATA, summary_row, tuning_objects
 
 from segany import SamPredictor
@@ -40,6 +46,7 @@ def main() -> None:
     p.add_argument("checkpoints", nargs="+", help="model files (.safetensors, .pth, a run's last.pt)")
     p.add_argument("--every", type=int, default=3, help="every Nth object of the tuning set (default 3)")
     p.add_argument("--img-size", type=int, help="run each model at this input size (px, a multiple of its patch size)")
+    p.add_argument("--by-area", action="store_true", help="also split each result by quartile of object area")
     p.add_argument("--output", help="write the results as one JSON file")
     args = p.parse_args()
     if not DATA.exists():
@@ -58,17 +65,28 @@ def main() -> None:
             sys.exit(f"error: --img-size {args.img_size}: {exc}")
     objects = tuning_objects(args.every)
     options = EvalOptions(max_clicks=20, long_side=500)
+    if args.by_area:
+        fractions = {}
+        for obj in objects:
+            mask = obj.load_mask()
+            fractions[obj.key] = float((mask == 1).sum()) / mask.size
+        bounds = np.quantile(list(fractions.values()), [0.25, 0.5, 0.75])
+        quartile_of = {k: int(np.searchsorted(bounds, f, side="right")) for k, f in fractions.items()}
     rows = []
     for path, model in models.items():
         t0 = time.time()
         result = evaluate(SamClicker(SamPredictor(model)), objects, options, progress=False)
         size = {"img_size": args.img_size} if args.img_size is not None else {}
         row = {"checkpoint": path, **size, **summary_row(result, (1, 2, 5, 10, 20)), "seconds": round(time.time() - t0)}
+        if args.by_area:
+            row["by_area"] = [{k: v for k, v in r.items() if k != "results"} for r in rows_for(path, result["per_object"], quartile_of)]
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.output:
         doc = {"set": f"COCO tiny val2017, instances >= 2,500 px, no COCO-MVal photo, every {args.every} (scripts/refine_tuning.py)",
                "protocol": "network alone, long side 500, 20 clicks", "results": rows}
+        if args.by_area:
+            doc["area_quartile_bounds"] = [round(float(b), 4) for b in bounds]
         atomic_write_bytes(args.output, json.dumps(doc, indent=1).encode())
 
 

@@ -58,10 +58,15 @@ def test_compare_checkpoints_runs_and_rejects_bad_files(tmp_path, data_dir):
     assert done.returncode == 1 and "error:" in done.stderr and "Traceback" not in done.stderr
     assert "nothing.pt" in done.stderr
     out = tmp_path / "rows.json"
-    done = _run(str(WEIGHTS / "default.safetensors"), "--every", "60", "--output", str(out))
+    done = _run(str(WEIGHTS / "default.safetensors"), "--every", "60", "--by-area", "--output", str(out))
     assert done.returncode == 0, done.stderr[-800:]
-    rows = json.loads(out.read_text())["results"]
+    doc = json.loads(out.read_text())
+    rows = doc["results"]
     assert len(rows) == 1 and rows[0]["objects"] == 5  # 284 held-out objects, every 60th
+    quartiles = rows[0]["by_area"]  # the same 5 objects split by area, bounds from them
+    assert sum(q["objects"] for q in quartiles) == 5 and len(doc["area_quartile_bounds"]) == 3
+    assert [q["quartile"] for q in quartiles] == sorted(q["quartile"] for q in quartiles)
+    assert all(0 <= q["reach_90"] <= q["reach_85"] <= 1 for q in quartiles)
     assert all(0 < rows[0][f"miou@{k}"] <= 1 for k in (1, 5, 20)) and 1 <= rows[0]["noc90"] <= 20
 
     # --img-size: the same model at another input size (position weights resized), which changes its answers.
