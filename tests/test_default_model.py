@@ -94,6 +94,35 @@ def test_default_model_matches_its_committed_configs():
     assert best["stage"] == 9 and best["step"] == stage9.steps
 
 
+def test_resolution_experiments_are_stage9_with_only_the_stated_changes():
+    """docs/default_model/stage10_*: stage 9 fine-tuned at 768 px, its 512 px control and the queued
+    gentler 768 px run differ from each other only where TRAINING.md says ("Input resolution")."""
+    import json
+
+    from segany.train.trainer import load_config
+
+    weights, docs = REPO / "src" / "segany" / "weights", REPO / "docs" / "default_model"
+    stage9 = load_config(weights / "default_stage9.yaml")
+    at_768 = load_config(docs / "stage10_768_cpu.yaml")
+    control = load_config(docs / "stage10_512_control_cpu.yaml")
+    gentler = load_config(docs / "stage10b_768_cpu.yaml")
+    assert at_768.init_checkpoint == f"{stage9.output_dir}/final.safetensors"
+    assert _fields_that_differ(at_768, stage9) == {
+        "model", "init_checkpoint", "output_dir", "steps", "batch_size", "warmup_steps", "lr_decay_steps", "seed"}
+    assert {k: v for k, v in at_768.model.items() if stage9.model[k] != v} == {"img_size": 768}
+    assert (at_768.steps, at_768.batch_size, at_768.lr_decay_steps) == (160, 8, [140])
+    assert _fields_that_differ(control, at_768) == {"model", "output_dir"} and control.model == stage9.model
+    assert _fields_that_differ(gentler, at_768) == {"output_dir", "steps", "lr", "lr_decay_steps", "seed"}
+    assert gentler.lr < at_768.lr and gentler.steps * gentler.batch_size == 320 * 8
+    for name, cfg in (("stage10_768_cpu_log.jsonl", at_768), ("stage10_512_control_cpu_log.jsonl", control)):
+        steps = [json.loads(line)["step"] for line in (docs / name).read_text().splitlines()]
+        assert steps == list(range(cfg.log_every, cfg.steps + 1, cfg.log_every)), name
+    rows = json.loads((docs / "stage10_candidates.json").read_text())["results"]
+    assert [r["checkpoint"] for r in rows] == [
+        "src/segany/weights/default.safetensors", f"{at_768.output_dir}/final.safetensors", f"{control.output_dir}/final.safetensors"]
+    assert all(len(r["by_area"]) == 4 and sum(q["objects"] for q in r["by_area"]) == r["objects"] for r in rows)
+
+
 def test_load_default_model_predicts(coco_photo):
     model = segany.load_default_model()
     predictor = segany.SamPredictor(model)
