@@ -31,14 +31,21 @@ from segany.train.data import DataError
 DATA = REPO.parent / "shared" / "data" / "coco_mval"
 
 
+def area_fraction(mask: np.ndarray) -> float:
+    """Object pixels / image pixels of a 1/0/IGNORE mask (ignore bands count as neither)."""
+    return float((mask == 1).sum()) / mask.size
+
+
 def area_fractions(images: Path, masks: Path, keys: set[str]) -> dict[str, float]:
-    """Object pixels / image pixels of each object in ``keys`` (ignore bands count as neither)."""
-    fractions = {}
-    for obj in load_folder_objects(images, masks):
-        if obj.key in keys:
-            mask = obj.load_mask()
-            fractions[obj.key] = float((mask == 1).sum()) / mask.size
-    return fractions
+    """:func:`area_fraction` of each object in ``keys``."""
+    return {obj.key: area_fraction(obj.load_mask()) for obj in load_folder_objects(images, masks) if obj.key in keys}
+
+
+def area_quartiles(fractions: dict[str, float], bounds_from: list[float]) -> tuple[np.ndarray, dict[str, int]]:
+    """The quartile bounds of the area fractions ``bounds_from``, and the quartile (0-3) they put
+    each object of ``fractions`` in."""
+    bounds = np.quantile(bounds_from, [0.25, 0.5, 0.75])
+    return bounds, {k: int(np.searchsorted(bounds, f, side="right")) for k, f in fractions.items()}
 
 
 def rows_for(name: str, per_object: dict[str, list[float]], quartile_of: dict[str, int]) -> list[dict]:
@@ -82,9 +89,7 @@ def main() -> None:
     missing = keys - fractions.keys()
     if missing:
         sys.exit(f"error: {len(missing)} objects of the results have no mask under {args.masks}, e.g. {min(missing)}")
-    first = np.array([fractions[k] for k in results[args.results[0]]])
-    bounds = np.quantile(first, [0.25, 0.5, 0.75])
-    quartile_of = {k: int(np.searchsorted(bounds, f, side="right")) for k, f in fractions.items()}
+    bounds, quartile_of = area_quartiles(fractions, [fractions[k] for k in results[args.results[0]]])
     rows = []
     for path, per_object in results.items():
         rows.extend(rows_for(path, per_object, quartile_of))

@@ -26,13 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from by_area import rows_for
+from by_area import area_fraction, area_quartiles, rows_for
 from refine_tuning import DATA, summary_row, tuning_objects
 
 from segany import SamPredictor
@@ -66,12 +64,8 @@ def main() -> None:
     objects = tuning_objects(args.every)
     options = EvalOptions(max_clicks=20, long_side=500)
     if args.by_area:
-        fractions = {}
-        for obj in objects:
-            mask = obj.load_mask()
-            fractions[obj.key] = float((mask == 1).sum()) / mask.size
-        bounds = np.quantile(list(fractions.values()), [0.25, 0.5, 0.75])
-        quartile_of = {k: int(np.searchsorted(bounds, f, side="right")) for k, f in fractions.items()}
+        fractions = {obj.key: area_fraction(obj.load_mask()) for obj in objects}
+        bounds, quartile_of = area_quartiles(fractions, list(fractions.values()))
     rows = []
     for path, model in models.items():
         t0 = time.time()

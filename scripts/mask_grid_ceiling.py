@@ -28,10 +28,14 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from by_area import area_fraction, area_quartiles
 
 from segany.evaluate.interactive import _resize_pair, iou, load_folder_objects
 from segany.io import atomic_write_bytes
 from segany.train.data import DataError
+from segany.transforms import ResizeLongestSide
 
 DATA = REPO.parent / "shared" / "data" / "coco_mval"
 VALIDATION = r"(0[7-9]|1[0-9])_[0-9]{12}$"
@@ -41,9 +45,7 @@ def ideal_low_res_logits(mask: np.ndarray, img_size: int) -> tuple[torch.Tensor,
     """Near-ideal low-res logits (1, 1, img_size/4, img_size/4) for a bool (H, W) mask: the mask
     resized into the model's input frame (long side img_size, antialiased), zero-padded to the square
     input, averaged over each 4 x 4 cell, minus 0.5. Also returns the input size (h, w) of the image."""
-    h, w = mask.shape
-    scale = img_size / max(h, w)
-    input_size = (int(h * scale + 0.5), int(w * scale + 0.5))  # as ResizeLongestSide
+    input_size = ResizeLongestSide.get_preprocess_shape(*mask.shape, img_size)
     x = torch.from_numpy(mask.astype(np.float32))[None, None]
     x = F.interpolate(x, input_size, mode="bilinear", align_corners=False, antialias=True)
     x = F.pad(x, (0, img_size - input_size[1], 0, img_size - input_size[0]))
@@ -78,20 +80,18 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     if not objects:
         sys.exit(f"error: no object under {args.masks} matches {args.match!r}")
-    fractions, ceilings = [], {s: [] for s in args.sizes}
+    fractions, ceilings = {}, {s: {} for s in args.sizes}
     for obj in objects:
         mask = obj.load_mask()
-        fractions.append(float((mask == 1).sum()) / mask.size)  # before resizing, as scripts/by_area.py
+        fractions[obj.key] = area_fraction(mask)  # before resizing, as scripts/by_area.py
         _, gt = _resize_pair(np.zeros((*mask.shape, 3), np.uint8), mask, args.long_side)
         for size in args.sizes:
-            ceilings[size].append(grid_ceiling_iou(gt, size))
-    bounds = np.quantile(fractions, [0.25, 0.5, 0.75])
-    quartile = np.searchsorted(bounds, fractions, side="right")
+            ceilings[size][obj.key] = grid_ceiling_iou(gt, size)
+    bounds, quartile_of = area_quartiles(fractions, list(fractions.values()))
     rows = []
     for size, values in ceilings.items():
-        values = np.asarray(values)
         for q in range(4):
-            v = values[quartile == q]
+            v = np.array([iou_ for key, iou_ in values.items() if quartile_of[key] == q])
             rows.append({
                 "img_size": size,
                 "quartile": q + 1,
