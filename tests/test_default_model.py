@@ -95,8 +95,9 @@ def test_default_model_matches_its_committed_configs():
 
 
 def test_resolution_experiments_are_stage9_with_only_the_stated_changes():
-    """docs/default_model/stage10_*: stage 9 fine-tuned at 768 px, its 512 px control and the queued
-    gentler 768 px run differ from each other only where TRAINING.md says ("Input resolution")."""
+    """docs/default_model/stage10*: stage 9 fine-tuned at 768 px, its 512 px control and the gentler
+    768 px run differ from each other only where TRAINING.md says ("Input resolution"), and each was
+    run to its last step and measured on the tuning objects."""
     import json
 
     from segany.train.trainer import load_config
@@ -114,12 +115,21 @@ def test_resolution_experiments_are_stage9_with_only_the_stated_changes():
     assert _fields_that_differ(control, at_768) == {"model", "output_dir"} and control.model == stage9.model
     assert _fields_that_differ(gentler, at_768) == {"output_dir", "steps", "lr", "lr_decay_steps", "seed"}
     assert gentler.lr < at_768.lr and gentler.steps * gentler.batch_size == 320 * 8
-    for name, cfg in (("stage10_768_cpu_log.jsonl", at_768), ("stage10_512_control_cpu_log.jsonl", control)):
+    logs = (
+        ("stage10_768_cpu_log.jsonl", at_768),
+        ("stage10_512_control_cpu_log.jsonl", control),
+        ("stage10b_768_cpu_log.jsonl", gentler),
+    )
+    for name, cfg in logs:
         steps = [json.loads(line)["step"] for line in (docs / name).read_text().splitlines()]
         assert steps == list(range(cfg.log_every, cfg.steps + 1, cfg.log_every)), name
     rows = json.loads((docs / "stage10_candidates.json").read_text())["results"]
     assert [r["checkpoint"] for r in rows] == [
         "src/segany/weights/default.safetensors", f"{at_768.output_dir}/final.safetensors", f"{control.output_dir}/final.safetensors"]
+    gentler_rows = json.loads((docs / "stage10b_candidates.json").read_text())["results"]
+    assert [r["checkpoint"] for r in gentler_rows] == [f"{gentler.output_dir}/final.safetensors"]
+    assert gentler_rows[0]["objects"] == rows[0]["objects"]  # the same tuning objects as stage 9's row
+    rows += gentler_rows
     assert all(len(r["by_area"]) == 4 and sum(q["objects"] for q in r["by_area"]) == r["objects"] for r in rows)
 
 
