@@ -22,9 +22,9 @@ kernel (sys) CPU seconds and the peak RSS; per setting the median step after the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +34,8 @@ from pathlib import Path
 import yaml
 from _timing import REPO, print_json
 
+from segany.train.trainer import ConfigError, TrainConfig, load_config
+
 WARMUP_STEPS = 2
 SETTINGS = {
     "glibc_default": "",
@@ -42,21 +44,21 @@ SETTINGS = {
 }
 
 
-def run_once(config: dict, setting: str, folder: Path) -> dict:
-    out = folder / f"run_{setting}"
-    shutil.rmtree(out, ignore_errors=True)
-    cfg_path = folder / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({**config, "output_dir": str(out)}))
+def run_once(config: TrainConfig, setting: str, folder: Path) -> dict:
+    run = Path(tempfile.mkdtemp(prefix=f"{setting}_", dir=folder))
+    out, cfg_path, log = run / "out", run / "config.yaml", run / "stderr.txt"
+    cfg_path.write_text(yaml.safe_dump(dataclasses.replace(config, output_dir=str(out)).to_dict()))
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if SETTINGS[setting]:
         env["GLIBC_TUNABLES"] = SETTINGS[setting]
     command = [sys.executable, "-m", "segany.cli", "train", str(cfg_path)]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU times and peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    error = proc.stderr.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"error: segany train failed ({setting}):\n{error[-2000:]}")
+    # Relative paths of the config (data_root, init_checkpoint) are the repository's, as for segany train.
+    # stderr (the progress bar) goes to a file: a pipe nobody reads while waiting would fill and stall the run.
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU times and peak RSS
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"error: segany train failed ({setting}):\n{log.read_text()[-2000:]}")
     steps = [json.loads(line)["train"]["seconds"] for line in (out / "log.jsonl").read_text().splitlines()]
     return {
         "setting": setting,
@@ -79,17 +81,18 @@ def main() -> None:
     if args.steps <= WARMUP_STEPS:
         raise SystemExit(f"error: --steps must be more than the {WARMUP_STEPS} warm-up steps")
     try:
-        config = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise SystemExit(f"error: cannot read {args.config}: {e}") from None
-    if not isinstance(config, dict):
-        raise SystemExit(f"error: {args.config} must hold a mapping of config keys")
-    data_root = Path(config.get("data_root", "."))
-    if not data_root.is_absolute():  # relative to the repository, where segany train is run
-        config["data_root"] = str((REPO / data_root).resolve())
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     # Only the step count, batch and logging change; warm-up off so the lr is the same every step.
-    config.update(
-        steps=args.steps, batch_size=args.batch_size, log_every=1, checkpoint_every=10**6, warmup_steps=0, val_every=0
+    config = dataclasses.replace(
+        config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        log_every=1,
+        checkpoint_every=10**6,
+        warmup_steps=0,
+        val_every=0,
     )
     runs = []
     with tempfile.TemporaryDirectory(prefix="train_malloc_") as tmp:
